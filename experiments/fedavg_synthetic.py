@@ -1,0 +1,29 @@
+"""FedAvg on FedProx's Synthetic(alpha, beta) with logistic regression.
+
+The FedProx setting (Li et al., MLSys 2020): 30 users, 10 per round, batch
+10, 20 local epochs, client lr 0.01. This is `make run`:
+
+  python scripts/train.py --config experiments/fedavg_synthetic.py \
+      --workdir runs/fedavg_synthetic
+  # variants: --config experiments/fedavg_synthetic.py:alpha=1,beta=1
+  #           --config experiments/fedavg_synthetic.py:iid=True
+"""
+from fedround.config import base_config, parse_variant
+
+
+def get_config(arg=None):
+  variant = parse_variant(arg, alpha=0.5, beta=0.5, iid=False)
+  config = base_config()
+  config.data = dict(name='synthetic', num_clients=30, alpha=variant.alpha,
+                     beta=variant.beta, iid=variant.iid, seed=0)
+  config.model = 'logistic'
+  config.rounds = 200
+  config.clients_per_round = 10
+  config.client.optimizer = 'sgd'
+  config.client.learning_rate = 0.01
+  config.client.batch_size = 10
+  config.client.local_epochs = 20
+  config.aggregator = 'weighted_mean'
+  config.eval_every = 10
+  config.checkpoint_every = 50
+  return config

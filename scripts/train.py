@@ -1,0 +1,34 @@
+"""Trains one experiment config.
+
+  python scripts/train.py --config experiments/fedavg_synthetic.py \
+      --workdir runs/fedavg_synthetic [--config.rounds=50]
+
+Rerunning with the same --workdir resumes from its latest checkpoint.
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fedround import train
+from fedround.registry import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file[:variant].', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and '
+                               'checkpoints.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  try:
+    result = train.run(_CONFIG.value, _WORKDIR.value)
+  except ConfigError as e:
+    sys.exit(f'config error: {e}')
+  print(train.format_summary(result.summary))
+
+
+if __name__ == '__main__':
+  app.run(main)

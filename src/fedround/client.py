@@ -1,0 +1,101 @@
+"""Local training: K optax steps of batch size B over a padded client data set.
+
+Two schedules, both fixed-length so that clients ``vmap``:
+- ``local_steps=K``: K minibatches of B examples drawn uniformly (with
+  replacement) from the client's n valid examples.
+- ``local_epochs=E``: E passes over a fresh shuffle of the client's examples,
+  ceil(n / B) batches per pass, the last one partial. Clients with fewer
+  batches than the largest client idle through masked steps; that idle
+  fraction is the padding waste the round reports.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedround.models import cross_entropy
+from fedround.registry import ConfigError
+
+
+class ClientResult(NamedTuple):
+  delta: Any              # local model minus the global model
+  num_examples: jax.Array  # n_i, the FedAvg weight
+  loss: jax.Array          # mean training loss over the local steps
+  steps: jax.Array         # local steps actually taken
+
+
+class Client(NamedTuple):
+  """The pieces of local training, exposed so baselines can reuse them."""
+  batches: Callable  # (key, n) -> (idx int32[K, B], valid float32[K, B])
+  step: Callable     # (params, opt_state, x, y, valid) -> (params, opt_state, loss)
+  update: Callable   # (params, x, y, n, key) -> ClientResult
+  optimizer: optax.GradientTransformation
+  num_steps: int     # K, the static length of the local scan
+
+
+def make_client(apply_fn, optimizer: optax.GradientTransformation, *,
+                batch_size: int, max_examples: int, local_steps: int = 0,
+                local_epochs: int = 0) -> Client:
+  if batch_size < 1:
+    raise ConfigError(f'config.client.batch_size must be a positive integer, '
+                      f'got {batch_size}')
+  if (local_steps > 0) == (local_epochs > 0) or min(local_steps,
+                                                    local_epochs) < 0:
+    raise ConfigError(
+        'config.client: set exactly one of local_steps (K > 0) or '
+        f'local_epochs (E > 0); got local_steps={local_steps}, '
+        f'local_epochs={local_epochs}')
+  batches_per_epoch = math.ceil(max_examples / batch_size)
+  num_steps = local_steps or local_epochs * batches_per_epoch
+
+  def batches(key, n):
+    if local_steps:
+      idx = jax.random.randint(key, (num_steps, batch_size), 0, n)
+      return idx.astype(jnp.int32), jnp.ones((num_steps, batch_size))
+    slots = jnp.arange(max_examples)
+    shuffles = jax.vmap(lambda k: jnp.argsort(
+        jnp.where(slots < n, jax.random.uniform(k, (max_examples,)), 2.0)))(
+            jax.random.split(key, local_epochs))
+    per_epoch = (n + batch_size - 1) // batch_size
+    k = jnp.arange(num_steps)
+    epoch = jnp.minimum(k // per_epoch, local_epochs - 1)
+    position = (k % per_epoch)[:, None] * batch_size + jnp.arange(batch_size)
+    valid = (position < n) & (k < local_epochs * per_epoch)[:, None]
+    idx = shuffles[epoch[:, None], jnp.minimum(position, max_examples - 1)]
+    return idx.astype(jnp.int32), valid.astype(jnp.float32)
+
+  def loss_fn(params, x, y, valid):
+    return cross_entropy(apply_fn(params, x), y, valid)
+
+  def step(params, opt_state, x, y, valid):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, valid)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    active = jnp.any(valid > 0)
+    keep = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(active, a, b), new, old)
+    return keep(new_params, params), keep(new_opt_state, opt_state), loss
+
+  def update(params, x, y, n, key):
+    idx, valid = batches(key, n)
+
+    def body(carry, batch):
+      p, s = carry
+      i, v = batch
+      p, s, loss = step(p, s, x[i], y[i], v)
+      return (p, s), (loss, jnp.any(v > 0))
+
+    (local, _), (losses, active) = jax.lax.scan(
+        body, (params, optimizer.init(params)), (idx, valid))
+    steps = jnp.sum(active)
+    return ClientResult(
+        delta=jax.tree.map(jnp.subtract, local, params),
+        num_examples=n,
+        loss=jnp.sum(losses * active) / jnp.maximum(steps, 1),
+        steps=steps)
+
+  return Client(batches, step, update, optimizer, num_steps)

@@ -1,0 +1,90 @@
+"""The base experiment config and variant strings.
+
+Every experiment file starts from ``base_config()`` and sets what differs;
+``run`` validates the result, so a typo fails with the valid field names.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+
+import ml_collections
+
+from fedround.registry import ConfigError
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.rounds = 100
+  c.clients_per_round = 10
+  # Data set: a registry name plus that data set's keyword arguments.
+  c.data = ml_collections.ConfigDict({'name': 'synthetic'})
+  c.model = 'logistic'
+  c.participation = 'uniform'
+  c.client = ml_collections.ConfigDict(dict(
+      optimizer='sgd', learning_rate=0.01, batch_size=10,
+      local_steps=0, local_epochs=1))
+  # Pre-aggregators and one rule, joined by '|'.
+  c.aggregator = 'weighted_mean'
+  c.server = ml_collections.ConfigDict(dict(optimizer='sgd',
+                                            learning_rate=1.0))
+  c.eval_every = 10
+  c.checkpoint_every = 50
+  c.shard = True  # shard the client axis when there is more than one device
+  c.progress = True
+  return c
+
+
+def _check_fields(config, reference, path):
+  for key in config.keys():
+    if key not in reference:
+      close = difflib.get_close_matches(key, list(reference.keys()), n=1)
+      hint = f' (did you mean {close[0]!r}?)' if close else ''
+      raise ConfigError(
+          f'{path}.{key}: unknown config field{hint}; valid fields: '
+          f'{", ".join(sorted(reference.keys()))}')
+    if isinstance(reference[key], ml_collections.ConfigDict) and key != 'data':
+      _check_fields(config[key], reference[key], f'{path}.{key}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails on fields the base config does not know and on bad numbers."""
+  _check_fields(config, base_config(), 'config')
+  if 'name' not in config.data:
+    raise ConfigError('config.data.name: missing; name a data set')
+  for field in ('rounds', 'clients_per_round', 'eval_every',
+                'checkpoint_every'):
+    value = config[field]
+    if not isinstance(value, int) or value < 1:
+      raise ConfigError(f'config.{field} must be a positive integer, got '
+                        f'{value!r}')
+  batch = config.client.batch_size
+  if not isinstance(batch, int) or batch < 1:
+    raise ConfigError(f'config.client.batch_size must be a positive integer, '
+                      f'got {batch!r}')
+
+
+def parse_variant(arg: str | None, **defaults):
+  """``'alpha=0.5,beta=1'`` -> ConfigDict of ``defaults`` updated by it.
+
+  Values are Python literals; bare words are strings. Unknown keys fail with
+  the valid ones.
+  """
+  variant = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if not sep or key not in defaults:
+      raise ConfigError(f'config variant {item!r}: expected key=value with '
+                        f'key in {", ".join(sorted(defaults))}')
+    try:
+      parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      parsed = value.strip()
+    try:
+      variant[key] = parsed
+    except TypeError:
+      raise ConfigError(f'config variant {item!r}: {key} must be of type '
+                        f'{type(defaults[key]).__name__}') from None
+  return variant

@@ -1,0 +1,161 @@
+"""Builds the federation round from its parts, shards it, scans it.
+
+round(state, data) -> (state, metrics): sample a cohort, gather its data,
+vmap local training over the client axis (sharded over the mesh axis
+``clients``), exclude non-finite updates, aggregate, take the server step.
+``make_rounds`` jits a ``lax.scan`` of R rounds per call.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fedround.aggregators import Aggregator
+from fedround.client import Client
+from fedround.data import FederatedData, Participation
+from fedround.server import ServerState, server_step
+
+CLIENTS = 'clients'
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh | None:
+  """A 1-D mesh over the ``clients`` axis, or None on a single device."""
+  devices = jax.devices()[:num_devices]
+  if len(devices) < 2:
+    return None
+  return jax.make_mesh((len(devices),), (CLIENTS,),
+                       axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def replicate(tree, mesh: Mesh | None):
+  """Places a pytree on every device of the mesh (or the default device)."""
+  if mesh is None:
+    return jax.device_put(tree)
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+class Round(NamedTuple):
+  fn: Callable[[ServerState, FederatedData], tuple[ServerState, dict]]
+  cohort_buffer: int  # cohort size padded to a multiple of the device count
+  traces: list        # one entry appended each time the round is traced
+
+
+def _tree_all_finite(tree):
+  leaves = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+            for x in jax.tree.leaves(tree)]
+  return jnp.stack(leaves).all(axis=0)
+
+
+def _idle_fraction(steps, present, num_steps):
+  """Fraction of the local scan that present clients spent on masked steps."""
+  budget = jnp.maximum(jnp.sum(present), 1) * num_steps
+  return (budget - jnp.sum(jnp.where(present, steps, 0))) / budget
+
+
+def global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
+               participation: Participation, mesh: Mesh | None = None) -> Round:
+  num_devices = 1 if mesh is None else mesh.size
+  cohort = participation.cohort_size
+  buffer = math.ceil(cohort / num_devices) * num_devices
+  vmapped = jax.vmap(client.update, in_axes=(None, 0, 0, 0, 0))
+  if mesh is None:
+    train_clients = vmapped
+  else:
+    def per_device(params, x, y, n, keys):
+      # Replicated params would make grads implicitly psum'ed across devices.
+      params = jax.lax.pcast(params, CLIENTS, to='varying')
+      return vmapped(params, x, y, n, keys)
+    spec = P(CLIENTS)
+    train_clients = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), spec, spec, spec, spec),
+        out_specs=spec)
+  traces = []
+
+  def round_fn(state: ServerState, data: FederatedData):
+    traces.append(1)
+    key = jax.random.fold_in(state.key, state.round)
+    k_sample, k_clients, k_aggregate = jax.random.split(key, 3)
+    ids, present = participation.sample(k_sample)
+    pad = buffer - cohort
+    ids = jnp.concatenate([ids, jnp.zeros(pad, jnp.int32)])
+    present = jnp.concatenate([present, jnp.zeros(pad, bool)])
+    keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
+    results = train_clients(state.params, data.x[ids], data.y[ids],
+                            data.n[ids], keys)
+    finite = _tree_all_finite(results.delta)
+    usable = present & finite
+    deltas = jax.tree.map(
+        lambda d: jnp.where(usable.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0),
+        results.delta)
+    weights = jnp.where(usable, results.num_examples, 0).astype(jnp.float32)
+    aggregate, agg_state = aggregator.update(
+        deltas, state.agg_state, state.params, weights=weights,
+        key=k_aggregate, client_ids=jnp.where(present, ids, -1))
+    params, opt_state = server_step(server_optimizer, state.params,
+                                    state.opt_state, aggregate)
+    used = jnp.maximum(jnp.sum(usable), 1)
+    metrics = dict(
+        train_loss=jnp.sum(jnp.where(usable, results.loss, 0)) / used,
+        update_norm=global_norm(aggregate),
+        participants=jnp.sum(present),
+        nonfinite_excluded=jnp.sum(present & ~finite),
+        idle_step_fraction=_idle_fraction(results.steps, present,
+                                          client.num_steps),
+    )
+    new_state = state.replace(round=state.round + 1, params=params,
+                              opt_state=opt_state, agg_state=agg_state)
+    return new_state, metrics
+
+  return Round(round_fn, buffer, traces)
+
+
+def make_rounds(round_fn, rounds_per_call: int):
+  """jit(scan of ``rounds_per_call`` rounds). Called as
+  ``fn(state, data, num_active)``; rounds past ``num_active`` leave the state
+  untouched, so a short last chunk reuses the same compiled function."""
+
+  def run(state, data, num_active):
+    def body(state, t):
+      new_state, metrics = round_fn(state, data)
+      state = jax.tree.map(lambda a, b: jnp.where(t < num_active, a, b),
+                           new_state, state)
+      return state, metrics
+    return jax.lax.scan(body, state, jnp.arange(rounds_per_call))
+
+  return jax.jit(run, donate_argnums=0)
+
+
+def make_evaluate(apply_fn, batch_size: int = 1024):
+  """jit(params, x, y) -> (loss, accuracy) over a test split, in batches."""
+
+  def evaluate(params, x, y):
+    total = x.shape[0]
+    pad = -total % batch_size
+    xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+    yp = jnp.concatenate([y, jnp.zeros(pad, y.dtype)])
+    valid = jnp.arange(total + pad) < total
+
+    def body(carry, batch):
+      bx, by, bv = batch
+      logits = apply_fn(params, bx)
+      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), by[:, None],
+                                 axis=-1)[:, 0]
+      correct = jnp.argmax(logits, -1) == by
+      return (carry[0] + jnp.sum(nll * bv),
+              carry[1] + jnp.sum(correct * bv)), None
+
+    shape = lambda a: a.reshape((-1, batch_size) + a.shape[1:])
+    (loss, correct), _ = jax.lax.scan(
+        body, (0.0, 0.0), (shape(xp), shape(yp), shape(valid)))
+    return loss / total, correct / total
+
+  return jax.jit(evaluate)
