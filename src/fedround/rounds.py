@@ -41,6 +41,7 @@ def replicate(tree, mesh: Mesh | None):
 
 class Round(NamedTuple):
   fn: Callable[[ServerState, FederatedData], tuple[ServerState, dict]]
+  cohort: Callable  # state -> (ids, present, client_keys, aggregate_key)
   cohort_buffer: int  # cohort size padded to a multiple of the device count
   traces: list        # one entry appended each time the round is traced
 
@@ -80,8 +81,9 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         out_specs=spec)
   traces = []
 
-  def round_fn(state: ServerState, data: FederatedData):
-    traces.append(1)
+  def sample_cohort(state: ServerState):
+    """The round's cohort buffer: ids, presence mask, per-client keys (a
+    client's key depends on the round and its id only) and the rule's key."""
     key = jax.random.fold_in(state.key, state.round)
     k_sample, k_clients, k_aggregate = jax.random.split(key, 3)
     ids, present = participation.sample(k_sample)
@@ -89,6 +91,11 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     ids = jnp.concatenate([ids, jnp.zeros(pad, jnp.int32)])
     present = jnp.concatenate([present, jnp.zeros(pad, bool)])
     keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
+    return ids, present, keys, k_aggregate
+
+  def round_fn(state: ServerState, data: FederatedData):
+    traces.append(1)
+    ids, present, keys, k_aggregate = sample_cohort(state)
     results = train_clients(state.params, data.x[ids], data.y[ids],
                             data.n[ids], keys)
     finite = _tree_all_finite(results.delta)
@@ -115,7 +122,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
                               opt_state=opt_state, agg_state=agg_state)
     return new_state, metrics
 
-  return Round(round_fn, buffer, traces)
+  return Round(round_fn, sample_cohort, buffer, traces)
 
 
 def make_rounds(round_fn, rounds_per_call: int):
