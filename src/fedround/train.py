@@ -170,6 +170,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       'rounds_per_second': round((round_ - start) / max(train_seconds, 1e-9),
                                  2),
       'devices': 1 if experiment.mesh is None else experiment.mesh.size,
+      'round_traces': len(experiment.round.traces),
       'data': data.describe(),
   }
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:

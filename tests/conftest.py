@@ -1,0 +1,33 @@
+"""All tests see 8 emulated CPU devices; single-device runs use shard=False."""
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'experiments'))
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import pytest  # noqa: E402
+
+from fedround.data import FederatedData  # noqa: E402
+
+
+@pytest.fixture
+def tiny_federation():
+  """4 clients of 2-D points, 3 classes, unequal sizes (padding exercised)."""
+  import numpy as np
+  rng = np.random.default_rng(0)
+  sizes = [5, 8, 3, 6]
+  xs = [rng.normal(size=(s, 2)).astype(np.float32) for s in sizes]
+  ys = [rng.integers(0, 3, s).astype(np.int32) for s in sizes]
+  return FederatedData.from_clients(xs, ys, xs[0], ys[0], num_classes=3)
+
+
+def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
+  import numpy as np
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
+                               rtol=rtol)
