@@ -20,6 +20,17 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and '
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def parse_flags(argv):
+  """absl's parser, with config override typos reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    reason = e
+    while isinstance(reason, BaseException) and reason.args:
+      reason = reason.args[0]
+    sys.exit(f'config error: no such config field {reason}'.replace('\n', '; '))
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
@@ -31,4 +42,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
