@@ -1,0 +1,197 @@
+"""Times one fedround round against its two bounds, side by side.
+
+  .venv/bin/python scripts/bench.py [--quick] [--workload NAME] [--out PATH]
+
+Per workload, the median milliseconds per round of
+  (a) fedround: ``make_rounds`` (jit of a scan over R rounds), call time / R;
+  (b) the FedJAX-style per-client Python loop (``baselines.python_loop_round``)
+      with the client's step and batches jitted once;
+  (c) the centralised floor (``baselines.make_centralised``): the cohort's
+      examples and steps as one model with batch C * B;
+plus the compile time and memory of (a), the padding waste and the targets:
+(a) >= 10x faster than (b) when dispatch-bound, never slower than (b) when
+compute-bound, and (a) / (c) <= 1.5 on both.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import shlex
+import statistics
+import sys
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedround import baselines, train
+from fedround.rounds import make_rounds
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           os.pardir, 'experiments')
+MAX_FLOOR_RATIO = 1.5
+MIB = 2 ** 20
+
+
+class Workload(NamedTuple):
+  """An experiment config with overrides, and how often to time each path."""
+  experiment: str       # file under experiments/
+  overrides: dict       # dotted config field -> value
+  min_speedup: float    # target for (b) / (a)
+  rounds_per_call: int  # R of the scanned fedround call
+  calls: int            # timed fedround calls
+  loop_rounds: int      # timed Python-loop rounds
+  floor_calls: int      # timed centralised calls
+
+
+WORKLOADS = {
+    'dispatch': Workload(
+        'fedavg_synthetic.py',
+        {'data.num_clients': 200, 'clients_per_round': 100,
+         'client.local_steps': 10, 'client.local_epochs': 0,
+         'client.batch_size': 10, 'client.optimizer': 'sgd',
+         'client.learning_rate': 0.01},
+        min_speedup=10.0, rounds_per_call=20, calls=7, loop_rounds=5,
+        floor_calls=21),
+    'compute': Workload(
+        'fedavg_digits.py',
+        {'data.num_clients': 50, 'model': 'cnn', 'clients_per_round': 20,
+         'client.local_steps': 10, 'client.local_epochs': 0,
+         'client.batch_size': 32},
+        min_speedup=1.0, rounds_per_call=3, calls=5, loop_rounds=5,
+        floor_calls=5),
+}
+
+
+def build_experiment(workload: Workload) -> train.Experiment:
+  config = runpy.run_path(os.path.join(EXPERIMENTS,
+                                       workload.experiment))['get_config']()
+  for field, value in workload.overrides.items():
+    *parents, leaf = field.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  config.shard = False
+  config.progress = False
+  return train.build(config)
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+  """Median wall milliseconds of ``fn()`` (its result blocked on)."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return 1000 * statistics.median(times)
+
+
+def bench(name: str, workload: Workload, quick: bool) -> dict:
+  """Measures one workload; returns one table row as a dict."""
+  shrink = (lambda n: max(2, n // 3)) if quick else (lambda n: n)
+  experiment = build_experiment(workload)
+  config, data, client = experiment.config, experiment.data, experiment.client
+  num_rounds = workload.rounds_per_call
+  active = jnp.int32(num_rounds)
+
+  # (a) fedround: compile once, warm up once, then time whole scanned calls.
+  state = experiment.init_state()
+  start = time.perf_counter()
+  compiled = make_rounds(experiment.round.fn, num_rounds).lower(
+      state, data, active).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  state, metrics = jax.block_until_ready(compiled(state, data, active))
+  call_ms = []
+  for _ in range(shrink(workload.calls)):
+    start = time.perf_counter()
+    state, metrics = jax.block_until_ready(compiled(state, data, active))
+    call_ms.append(1000 * (time.perf_counter() - start))
+  fedround_ms = statistics.median(call_ms) / num_rounds
+  idle = float(np.mean(metrics['idle_step_fraction']))
+
+  # (b) and (c) on the cohort and params that round ``state.round`` would use.
+  ids, present, keys, _ = experiment.round.cohort(state)
+  ids, keys = ids[present], keys[present]
+  params = state.params
+  step, batches = jax.jit(client.step), jax.jit(client.batches)
+  loop = lambda: baselines.python_loop_round(client, params, data, ids, keys,
+                                             step=step, batches=batches)
+  loop()
+  loop_ms = median_ms(loop, shrink(workload.loop_rounds))
+  centralised = baselines.make_centralised(client)
+  floor = lambda: centralised(params, data, ids, keys)
+  floor()
+  floor_ms = median_ms(floor, shrink(workload.floor_calls))
+
+  speedup = loop_ms / fedround_ms
+  floor_ratio = fedround_ms / floor_ms
+  return dict(
+      name=name, model=config.model, data=config.data.name,
+      cohort=f'{int(present.sum())}x{client.num_steps}x'
+             f'{config.client.batch_size}',
+      fedround_ms=fedround_ms, loop_ms=loop_ms, floor_ms=floor_ms,
+      speedup=speedup, floor_ratio=floor_ratio, compile_s=compile_s,
+      padding_waste=data.padding_waste, idle=idle,
+      temp_mib=memory.temp_size_in_bytes / MIB,
+      peak_mib=memory.peak_memory_in_bytes / MIB,
+      speedup_ok=speedup >= workload.min_speedup,
+      floor_ok=floor_ratio <= MAX_FLOOR_RATIO,
+      min_speedup=workload.min_speedup)
+
+
+def format_report(rows: list[dict], command: str) -> str:
+  """The markdown table, the PASS/FAIL lines and the command."""
+  header = ('| workload | model / data | C x K x B | (a) fedround ms | '
+            '(b) loop ms | (c) centralised ms | (b)/(a) | (a)/(c) | '
+            'compile s | padding waste | idle steps | temp MiB | peak MiB |')
+  lines = [header, '|' + '---|' * header.count(' | ') + '---|']
+  for r in rows:
+    lines.append(
+        f'| {r["name"]} | {r["model"]} / {r["data"]} | {r["cohort"]} | '
+        f'{r["fedround_ms"]:.2f} | {r["loop_ms"]:.2f} | {r["floor_ms"]:.2f} | '
+        f'{r["speedup"]:.1f}x | {r["floor_ratio"]:.2f} | '
+        f'{r["compile_s"]:.2f} | {r["padding_waste"]:.1%} | {r["idle"]:.1%} | '
+        f'{r["temp_mib"]:.1f} | {r["peak_mib"]:.1f} |')
+  lines.append('')
+  for r in rows:
+    verdict = 'PASS' if r['speedup_ok'] and r['floor_ok'] else 'FAIL'
+    lines.append(
+        f'{verdict} {r["name"]}: (b)/(a) = {r["speedup"]:.1f}x '
+        f'(target >= {r["min_speedup"]:g}x: '
+        f'{"ok" if r["speedup_ok"] else "missed"}), (a)/(c) = '
+        f'{r["floor_ratio"]:.2f} (target <= {MAX_FLOOR_RATIO:g}: '
+        f'{"ok" if r["floor_ok"] else "missed"})')
+  device = jax.devices()[0]
+  lines += ['', f'jax {jax.__version__} on {len(jax.devices())} '
+            f'{device.platform} device(s) ({device.device_kind}); ms are '
+            'medians per round; memory is of the compiled (a) call',
+            f'command: {command}']
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--quick', action='store_true',
+                      help='fewer timed repetitions')
+  parser.add_argument('--workload', choices=sorted(WORKLOADS),
+                      action='append',
+                      help='run only this workload (repeatable); default all')
+  parser.add_argument('--out', help='also write the report to this file')
+  args = parser.parse_args()
+  rows = [bench(name, WORKLOADS[name], args.quick)
+          for name in args.workload or WORKLOADS]
+  command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
+  report = format_report(rows, command)
+  print(report)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(report + '\n')
+
+
+if __name__ == '__main__':
+  main()
