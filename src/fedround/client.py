@@ -4,9 +4,9 @@ Two schedules, both fixed-length so that clients ``vmap``:
 - ``local_steps=K``: K minibatches of B examples drawn uniformly (with
   replacement) from the client's n valid examples.
 - ``local_epochs=E``: E passes over a fresh shuffle of the client's examples,
-  ceil(n / B) batches per pass, the last one partial. Clients with fewer
-  batches than the largest client idle through masked steps; that idle
-  fraction is the padding waste the round reports.
+  ceil(n / B) batches per pass, the last one partial. Under ``vmap`` clients
+  with fewer batches idle until the cohort's largest client is done; that
+  idle fraction is the padding waste the round reports.
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ class Client(NamedTuple):
   """The pieces of local training, exposed so baselines can reuse them."""
   batches: Callable  # (key, n) -> (idx int32[K, B], valid float32[K, B])
   step: Callable     # (params, opt_state, x, y, valid) -> (params, opt_state, loss)
-  update: Callable   # (params, x, y, n, key) -> ClientResult
+  update: Callable   # (params, x, y, n, key) -> ClientResult, a while loop
   optimizer: optax.GradientTransformation
-  num_steps: int     # K, the static length of the local scan
+  num_steps: int     # K, the longest schedule any client can have
 
 
 def make_client(apply_fn, optimizer: optax.GradientTransformation, *,
@@ -82,20 +82,25 @@ def make_client(apply_fn, optimizer: optax.GradientTransformation, *,
 
   def update(params, x, y, n, key):
     idx, valid = batches(key, n)
+    steps = local_steps or local_epochs * ((n + batch_size - 1) // batch_size)
 
-    def body(carry, batch):
-      p, s = carry
-      i, v = batch
-      p, s, loss = step(p, s, x[i], y[i], v)
-      return (p, s), (loss, jnp.any(v > 0))
+    def body(carry):
+      k, p, s, loss_sum = carry
+      p, s, loss = step(p, s, x[idx[k]], y[idx[k]], valid[k])
+      return k + 1, p, s, loss_sum + loss
 
-    (local, _), (losses, active) = jax.lax.scan(
-        body, (params, optimizer.init(params)), (idx, valid))
-    steps = jnp.sum(active)
+    # A while loop, not a scan: under vmap it runs to the cohort's longest
+    # schedule rather than the federation's, so small cohorts idle less.
+    # Counters start from n so that they share its sharding (under shard_map
+    # a literal 0 would be device-invariant while the loop makes it vary).
+    zero = jnp.zeros_like(n)
+    _, local, _, loss_sum = jax.lax.while_loop(
+        lambda carry: carry[0] < steps, body,
+        (zero, params, optimizer.init(params), zero.astype(jnp.float32)))
     return ClientResult(
         delta=jax.tree.map(jnp.subtract, local, params),
         num_examples=n,
-        loss=jnp.sum(losses * active) / jnp.maximum(steps, 1),
+        loss=loss_sum / jnp.maximum(steps, 1),
         steps=steps)
 
   return Client(batches, step, update, optimizer, num_steps)

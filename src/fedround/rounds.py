@@ -52,10 +52,12 @@ def _tree_all_finite(tree):
   return jnp.stack(leaves).all(axis=0)
 
 
-def _idle_fraction(steps, present, num_steps):
-  """Fraction of the local scan that present clients spent on masked steps."""
-  budget = jnp.maximum(jnp.sum(present), 1) * num_steps
-  return (budget - jnp.sum(jnp.where(present, steps, 0))) / budget
+def _idle_fraction(steps, present):
+  """Fraction of the vmapped local loop that present clients spent idle,
+  waiting for the cohort's longest schedule."""
+  steps = jnp.where(present, steps, 0)
+  budget = jnp.maximum(jnp.sum(present) * jnp.max(steps), 1)
+  return (budget - jnp.sum(steps)) / budget
 
 
 def global_norm(tree):
@@ -115,8 +117,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         update_norm=global_norm(aggregate),
         participants=jnp.sum(present),
         nonfinite_excluded=jnp.sum(present & ~finite),
-        idle_step_fraction=_idle_fraction(results.steps, present,
-                                          client.num_steps),
+        idle_step_fraction=_idle_fraction(results.steps, present),
     )
     new_state = state.replace(round=state.round + 1, params=params,
                               opt_state=opt_state, agg_state=agg_state)
