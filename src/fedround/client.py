@@ -32,7 +32,7 @@ class Client(NamedTuple):
   """The pieces of local training, exposed so baselines can reuse them."""
   batches: Callable  # (key, n) -> (idx int32[K, B], valid float32[K, B])
   step: Callable     # (params, opt_state, x, y, valid) -> (params, opt_state, loss)
-  update: Callable   # (params, x, y, n, key) -> ClientResult, a while loop
+  update: Callable   # (params, x_all, y_all, n_all, cid, key) -> ClientResult
   optimizer: optax.GradientTransformation
   num_steps: int     # K, the longest schedule any client can have
 
@@ -80,8 +80,15 @@ def make_client(apply_fn, optimizer: optax.GradientTransformation, *,
         lambda a, b: jnp.where(active, a, b), new, old)
     return keep(new_params, params), keep(new_opt_state, opt_state), loss
 
-  def update(params, x, y, n, key):
+  def update(params, x_all, y_all, n_all, cid, key):
+    """Trains client ``cid`` of the federation arrays [N, max_n, ...]."""
+    n = n_all[cid]
     idx, valid = batches(key, n)
+    if local_steps:  # gather only the K * B rows this client will read
+      x, y = x_all[cid, idx.reshape(-1)], y_all[cid, idx.reshape(-1)]
+      idx = jnp.arange(num_steps * batch_size).reshape(idx.shape)
+    else:  # epochs read every example: keep the client's whole array
+      x, y = x_all[cid], y_all[cid]
     steps = local_steps or local_epochs * ((n + batch_size - 1) // batch_size)
 
     def body(carry):

@@ -69,17 +69,19 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
   num_devices = 1 if mesh is None else mesh.size
   cohort = participation.cohort_size
   buffer = math.ceil(cohort / num_devices) * num_devices
-  vmapped = jax.vmap(client.update, in_axes=(None, 0, 0, 0, 0))
+  # Every client reads the (replicated) federation arrays and gathers its
+  # own rows, so each device gathers only the rows of its own clients.
+  vmapped = jax.vmap(client.update, in_axes=(None, None, None, None, 0, 0))
   if mesh is None:
     train_clients = vmapped
   else:
-    def per_device(params, x, y, n, keys):
+    def per_device(params, x, y, n, ids, keys):
       # Replicated params would make grads implicitly psum'ed across devices.
       params = jax.lax.pcast(params, CLIENTS, to='varying')
-      return vmapped(params, x, y, n, keys)
+      return vmapped(params, x, y, n, ids, keys)
     spec = P(CLIENTS)
     train_clients = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(P(), spec, spec, spec, spec),
+        per_device, mesh=mesh, in_specs=(P(), P(), P(), P(), spec, spec),
         out_specs=spec)
   traces = []
 
@@ -98,8 +100,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
   def round_fn(state: ServerState, data: FederatedData):
     traces.append(1)
     ids, present, keys, k_aggregate = sample_cohort(state)
-    results = train_clients(state.params, data.x[ids], data.y[ids],
-                            data.n[ids], keys)
+    results = train_clients(state.params, data.x, data.y, data.n, ids, keys)
     finite = _tree_all_finite(results.delta)
     usable = present & finite
     deltas = jax.tree.map(
