@@ -32,6 +32,7 @@ class Client(NamedTuple):
   """The pieces of local training, exposed so baselines can reuse them."""
   batches: Callable  # (key, n) -> (idx int32[K, B], valid float32[K, B])
   step: Callable     # (params, opt_state, x, y, valid) -> (params, opt_state, loss)
+                     # call it only on batches with a valid example
   update: Callable   # (params, x_all, y_all, n_all, cid, key) -> ClientResult
   optimizer: optax.GradientTransformation
   num_steps: int     # K, the longest schedule any client can have
@@ -72,13 +73,10 @@ def make_client(apply_fn, optimizer: optax.GradientTransformation, *,
     return cross_entropy(apply_fn(params, x), y, valid)
 
   def step(params, opt_state, x, y, valid):
+    """One optax step on the valid examples of a batch."""
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y, valid)
-    updates, new_opt_state = optimizer.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    active = jnp.any(valid > 0)
-    keep = lambda new, old: jax.tree.map(
-        lambda a, b: jnp.where(active, a, b), new, old)
-    return keep(new_params, params), keep(new_opt_state, opt_state), loss
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
   def update(params, x_all, y_all, n_all, cid, key):
     """Trains client ``cid`` of the federation arrays [N, max_n, ...]."""

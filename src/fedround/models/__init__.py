@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedround.registry import Registry
+from fedround.registry import ConfigError, Registry
 
 MODELS = Registry('model')
 
@@ -34,19 +34,54 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+class ShiftedConv(nn.Module):
+  """A stride-1 SAME convolution computed as a sum of kh * kw shifted
+  matmuls, with nn.Conv's parameters (kernel [kh, kw, in, out], bias).
+
+  XLA's CPU backend runs convolution *gradients* 20-100x slower inside a loop
+  body (jax-ml/jax#12868), and local training is a loop; matmuls do not hit
+  that path. Equal to nn.Conv up to float rounding.
+  """
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (kh, kw, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    height, width = x.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2),
+                         ((kw - 1) // 2, kw // 2), (0, 0)))
+    out = sum(padded[:, i:i + height, j:j + width, :] @ kernel[i, j]
+              for i in range(kh) for j in range(kw))
+    return out + bias
+
+
 class CNN(nn.Module):
   """Small CNN: [3x3 conv, ReLU, 2x2 average pool] per feature width, then a
-  dense layer. Sized for 8x8 digits; works on any [H, W, C] images."""
+  dense layer. Sized for 8x8 digits; works on any [H, W, C] images.
+
+  ``conv``: 'native' (nn.Conv), 'shifted' (ShiftedConv, fast on CPU) or
+  'auto' (shifted on CPU, native elsewhere). Parameters are the same either
+  way, so checkpoints move between backends.
+  """
   num_classes: int
   features: Sequence[int] = (16, 32)
   dense: int = 64
+  conv: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
     if x.ndim == 3:
       x = x[..., None]
-    for width in self.features:
-      x = nn.relu(nn.Conv(width, (3, 3))(x))
+    conv = self.conv
+    if conv == 'auto':
+      conv = 'shifted' if jax.default_backend() == 'cpu' else 'native'
+    layer = {'native': nn.Conv, 'shifted': ShiftedConv}[conv]
+    for i, width in enumerate(self.features):
+      x = nn.relu(layer(width, (3, 3), name=f'conv{i}')(x))
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = nn.relu(nn.Dense(self.dense)(x.reshape(x.shape[0], -1)))
     return nn.Dense(self.num_classes)(x)
@@ -64,8 +99,11 @@ def mlp(num_classes: int, hidden: Sequence[int] = (200, 200)) -> nn.Module:
 
 @MODELS.register('cnn')
 def cnn(num_classes: int, features: Sequence[int] = (16, 32),
-        dense: int = 64) -> nn.Module:
-  return CNN(num_classes, tuple(features), dense)
+        dense: int = 64, conv: str = 'auto') -> nn.Module:
+  if conv not in ('auto', 'native', 'shifted'):
+    raise ConfigError(f"config.model: cnn conv must be 'auto', 'native' or "
+                      f"'shifted', got {conv!r}")
+  return CNN(num_classes, tuple(features), dense, conv)
 
 
 def cross_entropy(logits, labels, weights):

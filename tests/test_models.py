@@ -1,0 +1,34 @@
+"""Models: the CPU-friendly convolution equals flax's."""
+import jax
+import numpy as np
+import pytest
+
+from fedround.models import MODELS
+from fedround.registry import ConfigError
+
+
+def test_shifted_cnn_equals_native_cnn():
+  x = jax.random.normal(jax.random.PRNGKey(0), (5, 8, 8, 1))
+  native = MODELS.build("cnn(conv='native')", 'model', num_classes=10)
+  shifted = MODELS.build("cnn(conv='shifted')", 'model', num_classes=10)
+  params = native.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.structure(params) == jax.tree.structure(
+      shifted.init(jax.random.PRNGKey(1), x))
+  np.testing.assert_allclose(shifted.apply(params, x), native.apply(params, x),
+                             atol=1e-5)
+  loss = lambda model: lambda p: model.apply(p, x).sum()
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(native))(params)),
+                  jax.tree.leaves(jax.grad(loss(shifted))(params))):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('spec', ['logistic', 'mlp(hidden=(16,))', 'cnn'])
+def test_models_give_logits(spec):
+  model = MODELS.build(spec, 'model', num_classes=7)
+  x = np.zeros((3, 8, 8, 1), np.float32)
+  assert model.apply(model.init(jax.random.PRNGKey(0), x), x).shape == (3, 7)
+
+
+def test_unknown_conv_is_refused():
+  with pytest.raises(ConfigError, match="'auto', 'native' or 'shifted'"):
+    MODELS.build("cnn(conv='fft')", 'config.model', num_classes=10)
