@@ -49,7 +49,11 @@ def python_loop_round(client: Client, params, data, ids, keys,
 
 def make_centralised(client: Client):
   """jit(params, data, ids, keys) -> params after the cohort's K steps taken
-  as K steps of one model on the concatenated C * B examples."""
+  as K steps of one model on the concatenated C * B examples.
+
+  With ``local_epochs`` a merged batch past every client's schedule holds no
+  valid example and gives a zero gradient (a no-op for SGD; the benchmark
+  uses ``local_steps``, where every step is full)."""
 
   def centralised(params, data, ids, keys):
     idx, valid = jax.vmap(client.batches)(keys, data.n[ids])  # [C, K, B]
