@@ -59,10 +59,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f'config.{field} must be a positive integer, got '
                         f'{value!r}')
-  batch = config.client.batch_size
-  if not isinstance(batch, int) or batch < 1:
-    raise ConfigError(f'config.client.batch_size must be a positive integer, '
-                      f'got {batch!r}')
 
 
 def parse_variant(arg: str | None, **defaults):
