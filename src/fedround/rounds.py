@@ -12,11 +12,13 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedround.aggregators import Aggregator
 from fedround.client import Client
 from fedround.data import FederatedData, Participation
+from fedround.models import negative_log_likelihood
 from fedround.server import ServerState, server_step
 
 CLIENTS = 'clients'
@@ -58,10 +60,6 @@ def _idle_fraction(steps, present):
   steps = jnp.where(present, steps, 0)
   budget = jnp.maximum(jnp.sum(present) * jnp.max(steps), 1)
   return (budget - jnp.sum(steps)) / budget
-
-
-def global_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
@@ -115,7 +113,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     used = jnp.maximum(jnp.sum(usable), 1)
     metrics = dict(
         train_loss=jnp.sum(jnp.where(usable, results.loss, 0)) / used,
-        update_norm=global_norm(aggregate),
+        update_norm=optax.tree.norm(aggregate),
         participants=jnp.sum(present),
         nonfinite_excluded=jnp.sum(present & ~finite),
         idle_step_fraction=_idle_fraction(results.steps, present),
@@ -156,8 +154,7 @@ def make_evaluate(apply_fn, batch_size: int = 1024):
     def body(carry, batch):
       bx, by, bv = batch
       logits = apply_fn(params, bx)
-      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), by[:, None],
-                                 axis=-1)[:, 0]
+      nll = negative_log_likelihood(logits, by)
       correct = jnp.argmax(logits, -1) == by
       return (carry[0] + jnp.sum(nll * bv),
               carry[1] + jnp.sum(correct * bv)), None

@@ -106,8 +106,13 @@ def cnn(num_classes: int, features: Sequence[int] = (16, 32),
   return CNN(num_classes, tuple(features), dense, conv)
 
 
+def negative_log_likelihood(logits, labels):
+  """Per-example cross-entropy of integer labels."""
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+
+
 def cross_entropy(logits, labels, weights):
   """Mean cross-entropy over examples with weight 1 (padding has weight 0)."""
-  log_p = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+  nll = negative_log_likelihood(logits, labels)
   return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
