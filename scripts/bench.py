@@ -123,11 +123,13 @@ def bench(name: str, workload: Workload, quick: bool) -> dict:
   ids, keys = ids[present], keys[present]
   params = state.params
   step, batches = jax.jit(client.step), jax.jit(client.batches)
-  loop = lambda: baselines.python_loop_round(client, params, data, ids, keys,
-                                             step=step, batches=batches)
+  learning_rate = config.client.learning_rate
+  loop = lambda: baselines.python_loop_round(
+      client, params, data, ids, keys, client_learning_rate=learning_rate,
+      step=step, batches=batches)
   loop()
   loop_ms = median_ms(loop, shrink(workload.loop_rounds))
-  centralised = baselines.make_centralised(client)
+  centralised = baselines.make_centralised(client, learning_rate)
   floor = lambda: centralised(params, data, ids, keys)
   floor()
   floor_ms = median_ms(floor, shrink(workload.floor_calls))

@@ -13,7 +13,7 @@ from fedround.client import make_client
 from fedround.data import uniform
 from fedround.models import MODELS
 from fedround.rounds import make_round
-from fedround.server import ServerState
+from fedround.server import init_server_state
 
 
 def numpy_fedavg(w, b, data, lr, epochs, rounds):
@@ -40,18 +40,17 @@ def numpy_fedavg(w, b, data, lr, epochs, rounds):
 def test_fedavg_equals_numpy(tiny_federation):
   data = tiny_federation
   model = MODELS.build('logistic', 'model', num_classes=3)
-  client = make_client(model.apply, optax.sgd(0.5), batch_size=8,
+  client = make_client(model.apply, optax.sgd, batch_size=8,
                        max_examples=data.max_examples, local_epochs=3)
-  server = optax.sgd(1.0)
   aggregator = build_aggregator('weighted_mean')
   round_ = make_round(client=client, aggregator=aggregator,
-                      server_optimizer=server,
+                      server_optimizer=optax.sgd,
                       participation=uniform(4, 4))
   params = model.init(jax.random.PRNGKey(1), data.x[0, :1])
-  state = ServerState(round=jnp.int32(0), params=params,
-                      opt_state=server.init(params),
-                      agg_state=aggregator.init(params), client_state=(),
-                      key=jax.random.PRNGKey(2))
+  state = init_server_state(params, server_optimizer=optax.sgd,
+                            aggregator=aggregator, key=jax.random.PRNGKey(2),
+                            client_learning_rate=0.5,
+                            server_learning_rate=1.0)
   step = jax.jit(round_.fn)
   for _ in range(3):
     state, metrics = step(state, data)
@@ -96,8 +95,9 @@ def test_vmapped_round_equals_python_loop():
     experiment = _digits_experiment(**schedule)
     state = experiment.init_state()
     ids, _, keys, _ = experiment.round.cohort(state)
-    expected = baselines.python_loop_round(experiment.client, state.params,
-                                           experiment.data, ids, keys)
+    expected = baselines.python_loop_round(
+        experiment.client, state.params, experiment.data, ids, keys,
+        client_learning_rate=experiment.config.client.learning_rate)
     new_state, _ = jax.jit(experiment.round.fn)(state, experiment.data)
     assert_trees_close(new_state.params, expected, atol=1e-5)
 
@@ -107,8 +107,10 @@ def test_centralised_floor_takes_the_same_steps():
   experiment = _digits_experiment(local_steps=3, local_epochs=0)
   state = experiment.init_state()
   ids, _, keys, _ = experiment.round.cohort(state)
-  one = baselines.make_centralised(experiment.client)(
+  learning_rate = experiment.config.client.learning_rate
+  one = baselines.make_centralised(experiment.client, learning_rate)(
       state.params, experiment.data, ids[:1], keys[:1])
-  looped = baselines.python_loop_round(experiment.client, state.params,
-                                       experiment.data, ids[:1], keys[:1])
+  looped = baselines.python_loop_round(
+      experiment.client, state.params, experiment.data, ids[:1], keys[:1],
+      client_learning_rate=learning_rate)
   assert_trees_close(one, looped, atol=1e-5)

@@ -13,7 +13,7 @@ from fedround.client import make_client
 from fedround.data import FederatedData, uniform
 from fedround.models import MODELS
 from fedround.rounds import make_round, make_rounds
-from fedround.server import ServerState
+from fedround.server import init_server_state
 
 
 def _run_rounds(config, rounds):
@@ -96,14 +96,17 @@ def test_nonfinite_client_updates_are_excluded_and_counted(tiny_federation):
   aggregator = build_aggregator('weighted_mean')
 
   def one_round(d):
-    client = make_client(model.apply, optax.sgd(0.3), batch_size=8,
+    client = make_client(model.apply, optax.sgd, batch_size=8,
                          max_examples=d.max_examples, local_epochs=1)
     round_ = make_round(client=client, aggregator=aggregator,
-                        server_optimizer=optax.sgd(1.0),
+                        server_optimizer=optax.sgd,
                         participation=uniform(d.num_clients, d.num_clients))
     params = model.init(jax.random.PRNGKey(0), d.x[0, :1])
-    state = ServerState(jnp.int32(0), params, optax.sgd(1.0).init(params),
-                        (), (), jax.random.PRNGKey(0))
+    state = init_server_state(params, server_optimizer=optax.sgd,
+                              aggregator=aggregator,
+                              key=jax.random.PRNGKey(0),
+                              client_learning_rate=0.3,
+                              server_learning_rate=1.0)
     return jax.jit(round_.fn)(state, d)
 
   state, metrics = one_round(bad)

@@ -16,7 +16,8 @@ import numpy as np
 from fedround.client import Client
 
 
-def python_loop_round(client: Client, params, data, ids, keys,
+def python_loop_round(client: Client, params, data, ids, keys, *,
+                      client_learning_rate: float,
                       server_learning_rate: float = 1.0, step=None,
                       batches=None):
   """One FedAvg round as a per-client loop; returns the new global params.
@@ -31,12 +32,14 @@ def python_loop_round(client: Client, params, data, ids, keys,
   summed, weight = None, 0.0
   for cid, key in zip(np.asarray(ids), keys):
     idx, valid = jax.device_get(batches(key, int(n[cid])))
-    local, opt_state = params, client.optimizer.init(params)
+    local, opt_state = params, client.optimizer(client_learning_rate).init(
+        params)
     for k in range(client.num_steps):
       if not valid[k].any():
         break  # the rest of this client's schedule is padding
       local, opt_state, _ = step(local, opt_state, x[cid][idx[k]],
-                                 y[cid][idx[k]], valid[k])
+                                 y[cid][idx[k]], valid[k],
+                                 client_learning_rate)
     delta = jax.tree.map(lambda a, b: np.asarray(a) - b,
                          jax.device_get(local), host_params)
     contribution = jax.tree.map(lambda d: n[cid] * d, delta)
@@ -47,7 +50,7 @@ def python_loop_round(client: Client, params, data, ids, keys,
                       host_params, summed)
 
 
-def make_centralised(client: Client):
+def make_centralised(client: Client, learning_rate: float):
   """jit(params, data, ids, keys) -> params after the cohort's K steps taken
   as K steps of one model on the concatenated C * B examples.
 
@@ -64,11 +67,11 @@ def make_centralised(client: Client):
 
     def body(carry, batch):
       p, s = carry
-      p, s, _ = client.step(p, s, *batch)
+      p, s, _ = client.step(p, s, *batch, learning_rate)
       return (p, s), None
 
     (params, _), _ = jax.lax.scan(
-        body, (params, client.optimizer.init(params)),
+        body, (params, client.optimizer(learning_rate).init(params)),
         (merge(x), merge(y), merge(valid)))
     return params
 

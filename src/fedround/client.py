@@ -7,6 +7,10 @@ Two schedules, both fixed-length so that clients ``vmap``:
   ceil(n / B) batches per pass, the last one partial. Under ``vmap`` clients
   with fewer batches idle until the cohort's largest client is done; that
   idle fraction is the padding waste the round reports.
+
+The optimizer is a factory ``learning_rate -> optax transformation`` and the
+learning rate an array the round passes in, so runs that differ only in it
+share one compiled round and can be vmapped as replicas.
 """
 from __future__ import annotations
 
@@ -31,14 +35,17 @@ class ClientResult(NamedTuple):
 class Client(NamedTuple):
   """The pieces of local training, exposed so baselines can reuse them."""
   batches: Callable  # (key, n) -> (idx int32[K, B], valid float32[K, B])
-  step: Callable     # (params, opt_state, x, y, valid) -> (params, opt_state, loss)
-                     # call it only on batches with a valid example
-  update: Callable   # (params, x_all, y_all, n_all, cid, key) -> ClientResult
-  optimizer: optax.GradientTransformation
+  step: Callable     # (params, opt_state, x, y, valid, learning_rate)
+                     #   -> (params, opt_state, loss); call it only on
+                     #   batches with a valid example
+  update: Callable   # (params, x_all, y_all, n_all, cid, key, learning_rate)
+                     #   -> ClientResult
+  optimizer: Callable[[jax.Array], optax.GradientTransformation]
   num_steps: int     # K, the longest schedule any client can have
 
 
-def make_client(apply_fn, optimizer: optax.GradientTransformation, *,
+def make_client(apply_fn, optimizer: Callable[[jax.Array],
+                                               optax.GradientTransformation], *,
                 batch_size: int, max_examples: int, local_steps: int = 0,
                 local_epochs: int = 0) -> Client:
   if batch_size < 1:
@@ -72,13 +79,14 @@ def make_client(apply_fn, optimizer: optax.GradientTransformation, *,
   def loss_fn(params, x, y, valid):
     return cross_entropy(apply_fn(params, x), y, valid)
 
-  def step(params, opt_state, x, y, valid):
+  def step(params, opt_state, x, y, valid, learning_rate):
     """One optax step on the valid examples of a batch."""
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y, valid)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates, opt_state = optimizer(learning_rate).update(grads, opt_state,
+                                                          params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  def update(params, x_all, y_all, n_all, cid, key):
+  def update(params, x_all, y_all, n_all, cid, key, learning_rate):
     """Trains client ``cid`` of the federation arrays [N, max_n, ...]."""
     n = n_all[cid]
     idx, valid = batches(key, n)
@@ -91,7 +99,7 @@ def make_client(apply_fn, optimizer: optax.GradientTransformation, *,
 
     def body(carry):
       k, p, s, loss_sum = carry
-      p, s, loss = step(p, s, x[idx[k]], y[idx[k]], valid[k])
+      p, s, loss = step(p, s, x[idx[k]], y[idx[k]], valid[k], learning_rate)
       return k + 1, p, s, loss_sum + loss
 
     # A while loop, not a scan: under vmap it runs to the cohort's longest
@@ -101,7 +109,8 @@ def make_client(apply_fn, optimizer: optax.GradientTransformation, *,
     zero = jnp.zeros_like(n)
     _, local, _, loss_sum = jax.lax.while_loop(
         lambda carry: carry[0] < steps, body,
-        (zero, params, optimizer.init(params), zero.astype(jnp.float32)))
+        (zero, params, optimizer(learning_rate).init(params),
+         zero.astype(jnp.float32)))
     return ClientResult(
         delta=jax.tree.map(jnp.subtract, local, params),
         num_examples=n,

@@ -59,6 +59,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f'config.{field} must be a positive integer, got '
                         f'{value!r}')
+  for field in ('client', 'server'):
+    value = config[field].learning_rate
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        value > 0):
+      raise ConfigError(f'config.{field}.learning_rate must be a number > 0, '
+                        f'got {value!r}')
 
 
 def parse_variant(arg: str | None, **defaults):

@@ -64,22 +64,25 @@ def _idle_fraction(steps, present):
 
 def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
                participation: Participation, mesh: Mesh | None = None) -> Round:
+  """``server_optimizer`` is a factory learning_rate -> optax transformation;
+  both learning rates come from ``state.hparams``."""
   num_devices = 1 if mesh is None else mesh.size
   cohort = participation.cohort_size
   buffer = math.ceil(cohort / num_devices) * num_devices
   # Every client reads the (replicated) federation arrays and gathers its
   # own rows, so each device gathers only the rows of its own clients.
-  vmapped = jax.vmap(client.update, in_axes=(None, None, None, None, 0, 0))
+  vmapped = jax.vmap(client.update,
+                     in_axes=(None, None, None, None, 0, 0, None))
   if mesh is None:
     train_clients = vmapped
   else:
-    def per_device(params, x, y, n, ids, keys):
+    def per_device(params, x, y, n, ids, keys, learning_rate):
       # Replicated params would make grads implicitly psum'ed across devices.
       params = jax.lax.pcast(params, CLIENTS, to='varying')
-      return vmapped(params, x, y, n, ids, keys)
+      return vmapped(params, x, y, n, ids, keys, learning_rate)
     spec = P(CLIENTS)
     train_clients = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(P(), P(), P(), P(), spec, spec),
+        per_device, mesh=mesh, in_specs=(P(), P(), P(), P(), spec, spec, P()),
         out_specs=spec)
   traces = []
 
@@ -98,7 +101,8 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
   def round_fn(state: ServerState, data: FederatedData):
     traces.append(1)
     ids, present, keys, k_aggregate = sample_cohort(state)
-    results = train_clients(state.params, data.x, data.y, data.n, ids, keys)
+    results = train_clients(state.params, data.x, data.y, data.n, ids, keys,
+                            state.hparams['client_learning_rate'])
     finite = _tree_all_finite(results.delta)
     usable = present & finite
     deltas = jax.tree.map(
@@ -108,8 +112,9 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     aggregate, agg_state = aggregator.update(
         deltas, state.agg_state, state.params, weights=weights,
         key=k_aggregate, client_ids=jnp.where(present, ids, -1))
-    params, opt_state = server_step(server_optimizer, state.params,
-                                    state.opt_state, aggregate)
+    params, opt_state = server_step(
+        server_optimizer(state.hparams['server_learning_rate']), state.params,
+        state.opt_state, aggregate)
     used = jnp.maximum(jnp.sum(usable), 1)
     metrics = dict(
         train_loss=jnp.sum(jnp.where(usable, results.loss, 0)) / used,
@@ -125,10 +130,17 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
   return Round(round_fn, sample_cohort, buffer, traces)
 
 
-def make_rounds(round_fn, rounds_per_call: int):
+def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):
   """jit(scan of ``rounds_per_call`` rounds). Called as
   ``fn(state, data, num_active)``; rounds past ``num_active`` leave the state
-  untouched, so a short last chunk reuses the same compiled function."""
+  untouched, so a short last chunk reuses the same compiled function.
+
+  With ``replicas`` the state has a leading replica axis (runs that differ
+  in seed or in ``state.hparams``) and the round is vmapped over it, sharing
+  the data; metrics come back as [rounds, replicas].
+  """
+  if replicas:
+    round_fn = jax.vmap(round_fn, in_axes=(0, None))
 
   def run(state, data, num_active):
     def body(state, t):

@@ -10,7 +10,14 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import optax
+
+# Numeric config fields the round reads from ``ServerState.hparams`` rather
+# than from its closure: runs that differ only in them (or in the seed) share
+# one compiled round and can run as vmapped replicas.
+TRACED_HPARAMS = {'client.learning_rate': 'client_learning_rate',
+                  'server.learning_rate': 'server_learning_rate'}
 
 
 @flax.struct.dataclass
@@ -21,6 +28,20 @@ class ServerState:
   agg_state: Any           # aggregator state (pre-aggregators and rule)
   client_state: Any        # per-client state, leading axis of all N clients
   key: jax.Array           # base PRNG key; round t uses fold_in(key, t)
+  hparams: dict            # float32 scalars named in TRACED_HPARAMS
+
+
+def init_server_state(params, *, server_optimizer, aggregator, key,
+                      client_learning_rate: float,
+                      server_learning_rate: float) -> ServerState:
+  """Round 0: ``server_optimizer`` is a factory learning_rate -> optax."""
+  hparams = {'client_learning_rate': jnp.float32(client_learning_rate),
+             'server_learning_rate': jnp.float32(server_learning_rate)}
+  return ServerState(
+      round=jnp.zeros((), jnp.int32), params=params,
+      opt_state=server_optimizer(hparams['server_learning_rate']).init(params),
+      agg_state=aggregator.init(params), client_state=(), key=key,
+      hparams=hparams)
 
 
 def server_step(optimizer: optax.GradientTransformation, params, opt_state,

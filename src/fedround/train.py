@@ -1,6 +1,9 @@
 """run(config, workdir): build every part from the config, then loop
 ``state, metrics = rounds(state, data, num_active)`` with evaluation, JSON-lines
-metrics, Orbax checkpoints and resumption from the latest checkpoint."""
+metrics, Orbax checkpoints and resumption from the latest checkpoint.
+
+run_replicas(configs, workdirs): the same for runs that differ only in seed
+and traced hyper-parameters, vmapped over a leading replica axis."""
 from __future__ import annotations
 
 import json
@@ -23,9 +26,10 @@ from fedround.client import Client, make_client
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
 from fedround.models import MODELS
 from fedround.optimizers import build_optimizer
+from fedround.registry import ConfigError, parse_spec
 from fedround.rounds import (Round, make_evaluate, make_mesh, make_round,
                              make_rounds, replicate)
-from fedround.server import ServerState
+from fedround.server import TRACED_HPARAMS, ServerState, init_server_state
 
 
 class Experiment(NamedTuple):
@@ -35,19 +39,22 @@ class Experiment(NamedTuple):
   model: nn.Module
   client: Client
   round: Round
-  server_optimizer: Any
+  server_optimizer: Any  # factory learning_rate -> optax transformation
   aggregator: Any
   mesh: Any
 
-  def init_state(self) -> ServerState:
-    init_key, run_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
+  def init_state(self, config: ml_collections.ConfigDict | None = None
+                 ) -> ServerState:
+    """Round 0 for ``config`` (default: the built one); a replica's config
+    may differ from it in ``seed`` and the TRACED_HPARAMS fields only."""
+    config = config or self.config
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
     params = self.model.init(init_key, jnp.asarray(self.data.x[0, :1]))
-    state = ServerState(
-        round=jnp.zeros((), jnp.int32), params=params,
-        opt_state=self.server_optimizer.init(params),
-        agg_state=self.aggregator.init(params), client_state=(),
-        key=run_key)
-    return replicate(state, self.mesh)
+    return replicate(init_server_state(
+        params, server_optimizer=self.server_optimizer,
+        aggregator=self.aggregator, key=run_key,
+        client_learning_rate=config.client.learning_rate,
+        server_learning_rate=config.server.learning_rate), self.mesh)
 
 
 class RunResult(NamedTuple):
@@ -55,9 +62,22 @@ class RunResult(NamedTuple):
   summary: dict
 
 
+def check(config: ml_collections.ConfigDict) -> None:
+  """The checks of ``build`` that need no data: fields, numbers and the
+  names of every component, so a sweep can vet all its runs up front."""
+  config_lib.validate(config)
+  DATASETS.get(config.data.name, 'config.data')
+  for registry, field in ((MODELS, 'model'), (PARTICIPATION, 'participation')):
+    registry.get(parse_spec(config[field], f'config.{field}')[0],
+                 f'config.{field}')
+  build_optimizer(config.client.optimizer, 'config.client.optimizer')
+  build_optimizer(config.server.optimizer, 'config.server.optimizer')
+  build_aggregator(config.aggregator, 'config.aggregator')
+
+
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Validates the config and builds every part; all errors happen here."""
-  config_lib.validate(config)
+  check(config)
   data_kwargs = {k: v for k, v in config.data.items() if k != 'name'}
   data = DATASETS.call(config.data.name, data_kwargs, 'config.data')
   participation = PARTICIPATION.build(
@@ -65,17 +85,15 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       num_clients=data.num_clients, cohort_size=config.clients_per_round)
   model = MODELS.build(config.model, 'config.model',
                        num_classes=data.num_classes)
-  client_optimizer = build_optimizer(config.client.optimizer,
-                                     config.client.learning_rate,
-                                     'config.client.optimizer')
-  client = make_client(model.apply, client_optimizer,
+  client = make_client(model.apply,
+                       build_optimizer(config.client.optimizer,
+                                       'config.client.optimizer'),
                        batch_size=config.client.batch_size,
                        max_examples=data.max_examples,
                        local_steps=config.client.local_steps,
                        local_epochs=config.client.local_epochs)
   aggregator = build_aggregator(config.aggregator, 'config.aggregator')
   server_optimizer = build_optimizer(config.server.optimizer,
-                                     config.server.learning_rate,
                                      'config.server.optimizer')
   mesh = make_mesh() if config.shard else None
   round_ = make_round(client=client, aggregator=aggregator,
@@ -83,6 +101,39 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       participation=participation, mesh=mesh)
   return Experiment(config, replicate(data, mesh), model, client, round_,
                     server_optimizer, aggregator, mesh)
+
+
+# Fields a run may change when it resumes; any other change is a new run.
+RESUMABLE_CHANGES = ('rounds', 'eval_every', 'checkpoint_every', 'shard',
+                     'progress')
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Fails when ``workdir`` holds a run of a different config."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = _flatten(json.load(f))
+  now = _flatten(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in saved.keys() | now.keys()
+                   if saved.get(k) != now.get(k)
+                   and k not in RESUMABLE_CHANGES)
+  if changed:
+    raise ConfigError(
+        f'{workdir} holds a run whose config differs in '
+        f'{", ".join(changed)}; only {", ".join(RESUMABLE_CHANGES)} may change '
+        'on resume; use a new workdir or delete this one')
 
 
 def _read_metrics(path: str, up_to_round: int) -> list[dict]:
@@ -93,89 +144,170 @@ def _read_metrics(path: str, up_to_round: int) -> list[dict]:
   return [r for r in rows if r['round'] <= up_to_round]
 
 
+class _RunLog:
+  """One run's workdir: its checkpoints, metrics file and best accuracy."""
+
+  def __init__(self, config, workdir):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    self.workdir = workdir
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, 'checkpoints')),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
+
+  def restore(self, step: int, state: ServerState) -> ServerState:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def open(self, start: int):
+    """Drops metric rows past ``start`` and opens the file to append."""
+    history = _read_metrics(self.metrics_path, start)
+    with open(self.metrics_path, 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in history)
+    self.best = max((r['test_accuracy'] for r in history
+                     if 'test_accuracy' in r), default=float('nan'))
+    self.last_eval = next((r for r in reversed(history)
+                           if 'test_accuracy' in r), {})
+    self.log = open(self.metrics_path, 'a')
+
+  def write(self, rows: list[dict]):
+    self.log.writelines(json.dumps(r) + '\n' for r in rows)
+    self.log.flush()
+
+  def close(self):
+    self.log.close()
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+# The fields vmapped replicas may differ in.
+REPLICA_FIELDS = ('seed',) + tuple(TRACED_HPARAMS)
+
+
+def replica_differences(a: ml_collections.ConfigDict,
+                        b: ml_collections.ConfigDict) -> list[str]:
+  """The fields, other than REPLICA_FIELDS and progress, where a and b
+  differ."""
+  fa = _flatten(json.loads(a.to_json_best_effort()))
+  fb = _flatten(json.loads(b.to_json_best_effort()))
+  return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)
+                and k not in REPLICA_FIELDS + ('progress',))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Trains ``config`` in ``workdir``, resuming from its latest checkpoint."""
   experiment = build(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  check_resumable(config, workdir)
+  return _train(experiment, [config], [workdir], replicas=False)[0]
 
-  state = experiment.init_state()
-  manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints')),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  latest = manager.latest_step()
-  if latest is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-  start = int(state.round)
 
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  history = _read_metrics(metrics_path, start)
-  with open(metrics_path, 'w') as f:  # drop rows past the checkpoint
-    f.writelines(json.dumps(r) + '\n' for r in history)
+def run_replicas(configs: list[ml_collections.ConfigDict],
+                 workdirs: list[str]) -> list[RunResult]:
+  """Trains runs that differ only in ``seed`` and TRACED_HPARAMS as one
+  vmapped computation; each run gets its own workdir, metrics and
+  checkpoints, as if it had been run alone, and the group resumes from the
+  latest round every member has checkpointed."""
+  experiment = build(configs[0])
+  for config, workdir in zip(configs, workdirs):
+    check(config)
+    check_resumable(config, workdir)
+    different = replica_differences(configs[0], config)
+    if different:
+      raise ConfigError(
+          f'replicas must differ only in {", ".join(REPLICA_FIELDS)}; '
+          f'{workdir} also differs in {", ".join(different)}')
+  return _train(experiment, configs, workdirs, replicas=True)
+
+
+def _train(experiment: Experiment, configs, workdirs,
+           replicas: bool) -> list[RunResult]:
+  config = configs[0]
+  logs = [_RunLog(c, w) for c, w in zip(configs, workdirs)]
+  states = [experiment.init_state(c) for c in configs]
+  common = set.intersection(*(set(log.manager.all_steps()) for log in logs))
+  start = max(common, default=0)
+  if start:
+    states = [log.restore(start, s) for log, s in zip(logs, states)]
+  for log in logs:
+    log.open(start)
+  if replicas:
+    state = replicate(jax.tree.map(lambda *xs: jnp.stack(xs), *states),
+                      experiment.mesh)
+    unstack = lambda tree, r: jax.tree.map(lambda x: x[r], tree)
+  else:
+    state = states[0]
+    unstack = lambda tree, r: tree
+  del states
 
   chunk = min(math.gcd(config.eval_every, config.checkpoint_every),
               config.rounds)
-  rounds_fn = make_rounds(experiment.round.fn, chunk)
+  rounds_fn = make_rounds(experiment.round.fn, chunk, replicas)
   evaluate = make_evaluate(experiment.model.apply)
+  if replicas:
+    evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
   data = experiment.data
 
   t0 = time.perf_counter()
   compiled = rounds_fn.lower(state, data, jnp.int32(chunk)).compile()
   compile_seconds = time.perf_counter() - t0
-  best = max((r['test_accuracy'] for r in history if 'test_accuracy' in r),
-             default=float('nan'))
-  last_eval = next((r for r in reversed(history) if 'test_accuracy' in r), {})
   bar = tqdm.tqdm(total=config.rounds, initial=start, unit='round',
-                  disable=not config.progress, dynamic_ncols=True)
+                  disable=not config.progress, dynamic_ncols=True, leave=None)
   train_seconds, round_ = 0.0, start
-  with open(metrics_path, 'a') as log:
-    while round_ < config.rounds:
-      active = min(chunk, config.rounds - round_)
-      t0 = time.perf_counter()
-      state, metrics = compiled(state, data, jnp.int32(active))
-      metrics = jax.device_get(metrics)
-      train_seconds += time.perf_counter() - t0
-      rows = [{'round': round_ + i + 1,
-               **{k: float(v[i]) for k, v in metrics.items()}}
+  while round_ < config.rounds:
+    active = min(chunk, config.rounds - round_)
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, data, jnp.int32(active))
+    metrics = jax.device_get(metrics)
+    train_seconds += time.perf_counter() - t0
+    round_ += active
+    evaluated = round_ % config.eval_every == 0 or round_ == config.rounds
+    if evaluated:
+      test_loss, test_accuracy = jax.device_get(
+          evaluate(state.params, data.test_x, data.test_y))
+    for r, log in enumerate(logs):
+      rows = [{'round': round_ - active + i + 1,
+               **{k: float(unstack(v[i], r)) for k, v in metrics.items()}}
               for i in range(active)]
-      round_ += active
-      if round_ % config.eval_every == 0 or round_ == config.rounds:
-        loss, accuracy = evaluate(state.params, data.test_x, data.test_y)
-        last_eval = {'test_loss': float(loss),
-                     'test_accuracy': float(accuracy)}
-        rows[-1].update(last_eval)
-        best = np.nanmax([best, last_eval['test_accuracy']])
-      log.writelines(json.dumps(r) + '\n' for r in rows)
-      log.flush()
+      if evaluated:
+        log.last_eval = {'test_loss': float(unstack(test_loss, r)),
+                         'test_accuracy': float(unstack(test_accuracy, r))}
+        rows[-1].update(log.last_eval)
+        log.best = np.nanmax([log.best, log.last_eval['test_accuracy']])
+      log.write(rows)
       if round_ % config.checkpoint_every == 0 or round_ == config.rounds:
-        manager.save(round_, args=ocp.args.StandardSave(state))
-      bar.update(active)
-      bar.set_postfix(loss=f'{rows[-1]["train_loss"]:.4f}',
-                      acc=f'{last_eval.get("test_accuracy", float("nan")):.4f}',
-                      rps=f'{(round_ - start) / max(train_seconds, 1e-9):.1f}')
+        log.manager.save(round_,
+                         args=ocp.args.StandardSave(unstack(state, r)))
+    bar.update(active)
+    bar.set_postfix(
+        loss=f'{np.mean(metrics["train_loss"][-1]):.4f}',
+        acc=f'{np.mean([l.last_eval.get("test_accuracy", np.nan) for l in logs]):.4f}',
+        rps=f'{(round_ - start) / max(train_seconds, 1e-9):.1f}')
   bar.close()
-  manager.wait_until_finished()
-  manager.close()
 
-  summary = {
-      'rounds': round_,
-      'resumed_from': start,
-      'final_test_accuracy': last_eval.get('test_accuracy'),
-      'final_test_loss': last_eval.get('test_loss'),
-      'best_test_accuracy': None if np.isnan(best) else float(best),
-      'compile_seconds': round(compile_seconds, 3),
-      'train_seconds': round(train_seconds, 3),
-      'rounds_per_second': round((round_ - start) / max(train_seconds, 1e-9),
-                                 2),
-      'devices': 1 if experiment.mesh is None else experiment.mesh.size,
-      'round_traces': len(experiment.round.traces),
-      'data': data.describe(),
-  }
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
-  return RunResult(state, summary)
+  results = []
+  for r, log in enumerate(logs):
+    log.close()
+    summary = {
+        'rounds': round_,
+        'resumed_from': start,
+        'final_test_accuracy': log.last_eval.get('test_accuracy'),
+        'final_test_loss': log.last_eval.get('test_loss'),
+        'best_test_accuracy': None if np.isnan(log.best) else float(log.best),
+        'compile_seconds': round(compile_seconds, 3),
+        'train_seconds': round(train_seconds, 3),
+        'rounds_per_second': round(
+            (round_ - start) / max(train_seconds, 1e-9), 2),
+        'replicas': len(logs),
+        'devices': 1 if experiment.mesh is None else experiment.mesh.size,
+        'round_traces': len(experiment.round.traces),
+        'data': data.describe(),
+    }
+    with open(os.path.join(log.workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+    results.append(RunResult(unstack(state, r), summary))
+  return results
 
 
 def format_summary(summary: dict) -> str:
