@@ -7,8 +7,16 @@ The FedProx setting (Li et al., MLSys 2020): 30 users, 10 per round, batch
       --workdir runs/fedavg_synthetic
   # variants: --config experiments/fedavg_synthetic.py:alpha=1,beta=1
   #           --config experiments/fedavg_synthetic.py:iid=True
+
+Its sweep (the README's): local epochs x aggregation x heterogeneity x seeds,
+seeds as vmapped replicas, then a report with heterogeneity as the task:
+
+  python scripts/sweep.py --config experiments/fedavg_synthetic.py \
+      --workdir runs/sweep_synthetic --replicas seeds
+  python scripts/report.py runs/sweep_synthetic --task data.alpha
 """
 from fedround.config import base_config, parse_variant
+from fedround.sweep import product, sweep
 
 
 def get_config(arg=None):
@@ -27,3 +35,11 @@ def get_config(arg=None):
   config.eval_every = 10
   config.checkpoint_every = 50
   return config
+
+
+def get_sweep():
+  heterogeneity = [{'data.alpha': a, 'data.beta': a} for a in (0.0, 0.5, 1.0)]
+  return product(sweep('client.local_epochs', [1, 20]),
+                 sweep('aggregator', ['weighted_mean', 'mean']),
+                 heterogeneity,
+                 sweep('seed', [0, 1, 2]))

@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fedround import train
+from fedround.cli import parse_flags
 from fedround.registry import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -18,17 +19,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and '
                                'checkpoints.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def parse_flags(argv):
-  """absl's parser, with config override typos reported in one line."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    reason = e
-    while isinstance(reason, BaseException) and reason.args:
-      reason = reason.args[0]
-    sys.exit(f'config error: no such config field {reason}'.replace('\n', '; '))
 
 
 def main(argv):

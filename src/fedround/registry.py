@@ -76,7 +76,10 @@ class Registry:
     name, kwargs = parse_spec(spec, field)
     return self.call(name, kwargs, field, **context)
 
-  def call(self, name: str, kwargs: dict[str, Any], field: str, /, **context):
+  def check(self, name: str, kwargs: dict[str, Any], field: str, /,
+            *context: str) -> Callable[..., Any]:
+    """Fails unless ``name`` is registered and takes every one of ``kwargs``
+    (``context``: the names fedround supplies itself); returns the factory."""
     factory = self.get(name, field)
     params = inspect.signature(factory).parameters
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
@@ -87,6 +90,12 @@ class Registry:
           f'{field}: {self.kind} {name!r} has no parameter '
           f'{", ".join(map(repr, unknown))}; valid parameters: '
           f'{", ".join(user_args) or "(none)"}')
+    return factory
+
+  def call(self, name: str, kwargs: dict[str, Any], field: str, /, **context):
+    factory = self.check(name, kwargs, field, *context)
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
     supplied = {k: v for k, v in context.items() if k in params or takes_any}
     try:
       return factory(**supplied, **kwargs)

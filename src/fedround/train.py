@@ -62,14 +62,20 @@ class RunResult(NamedTuple):
   summary: dict
 
 
+def _data_kwargs(config) -> dict:
+  return {k: v for k, v in config.data.items() if k != 'name'}
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """The checks of ``build`` that need no data: fields, numbers and the
   names of every component, so a sweep can vet all its runs up front."""
   config_lib.validate(config)
-  DATASETS.get(config.data.name, 'config.data')
-  for registry, field in ((MODELS, 'model'), (PARTICIPATION, 'participation')):
-    registry.get(parse_spec(config[field], f'config.{field}')[0],
-                 f'config.{field}')
+  DATASETS.check(config.data.name, _data_kwargs(config), 'config.data')
+  MODELS.check(*parse_spec(config.model, 'config.model'), 'config.model',
+               'num_classes')
+  PARTICIPATION.check(
+      *parse_spec(config.participation, 'config.participation'),
+      'config.participation', 'num_clients', 'cohort_size')
   build_optimizer(config.client.optimizer, 'config.client.optimizer')
   build_optimizer(config.server.optimizer, 'config.server.optimizer')
   build_aggregator(config.aggregator, 'config.aggregator')
@@ -78,8 +84,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Validates the config and builds every part; all errors happen here."""
   check(config)
-  data_kwargs = {k: v for k, v in config.data.items() if k != 'name'}
-  data = DATASETS.call(config.data.name, data_kwargs, 'config.data')
+  data = DATASETS.call(config.data.name, _data_kwargs(config), 'config.data')
   participation = PARTICIPATION.build(
       config.participation, 'config.participation',
       num_clients=data.num_clients, cohort_size=config.clients_per_round)

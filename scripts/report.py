@@ -1,0 +1,46 @@
+"""Summarises a sweep directory (one sub-directory per run) and ranks methods.
+
+  .venv/bin/python scripts/report.py DIR [--task data.alpha --task data.beta] \
+      [--seed_field seed] [--metric final_test_accuracy] [--out OUT]
+
+Writes summary.md, summary.csv, ranking.md, report.md, test_accuracy.png and
+train_loss.png to OUT (default DIR/report) and prints report.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fedround import report
+from fedround.registry import ConfigError
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(
+      description=__doc__.split('\n', 1)[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('sweep_dir', metavar='DIR')
+  parser.add_argument('--task', action='append', default=[],
+                      help='an override field that names the task, e.g. '
+                      'data.alpha; repeat for several')
+  parser.add_argument('--seed_field', default=None,
+                      help='the override field averaged over (default: '
+                      f'{report.DEFAULT_SEED_FIELD!r} when runs override it)')
+  parser.add_argument('--metric', default='final_test_accuracy',
+                      help=f'ranking metric: {", ".join(report.METRICS)}')
+  parser.add_argument('--ranking', default='borda',
+                      help=f'ranking rule: {", ".join(report.RANKINGS)}')
+  parser.add_argument('--out', default=None,
+                      help='output directory (default: DIR/report)')
+  args = parser.parse_args()
+  try:
+    text = report.report(args.sweep_dir, args.out, tasks=args.task,
+                         seed_field=args.seed_field, metric=args.metric,
+                         ranking=args.ranking)
+  except ConfigError as e:
+    sys.exit(f'config error: {e}')
+  print(text, end='')
+
+
+if __name__ == '__main__':
+  main()

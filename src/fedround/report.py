@@ -1,0 +1,362 @@
+"""Sweep reports: tables, learning curves and a ranking of methods.
+
+A sweep directory holds one sub-directory per run with ``overrides.json``
+(config field -> value) and ``metrics.jsonl``. Runs are grouped by the
+overrides: the *seed field* is averaged over, the *task fields* name the task
+and the remaining overrides name the *method*. Standard deviations are sample
+standard deviations over seeds (ddof=1) and NaN for a group of one seed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fedround.registry import ConfigError
+
+# Per-run metric -> whether higher is better.
+METRICS = {
+    'final_test_accuracy': True,
+    'best_test_accuracy': True,
+    'final_test_loss': False,
+    'final_train_loss': False,
+}
+DEFAULT_SEED_FIELD = 'seed'
+ALL_RUNS = '(all)'  # the one task when there are no task fields
+CURVES = ('test_accuracy', 'train_loss')  # metrics.jsonl keys plotted
+
+
+class Run(NamedTuple):
+  """One finished or running run directory of a sweep."""
+  name: str
+  overrides: dict[str, Any]
+  rows: list[dict]
+
+
+class Group(NamedTuple):
+  """Runs of one method on one task that differ only in their seed."""
+  method: str
+  task: str
+  runs: list[Run]
+  mean: dict[str, float]  # METRICS name -> mean over seeds
+  std: dict[str, float]  # METRICS name -> sample std, NaN for one seed
+
+
+def _run_dirs(sweep_dir: str) -> Iterator[tuple[str, str]]:
+  if not os.path.isdir(sweep_dir):
+    raise ConfigError(f'sweep directory {sweep_dir} does not exist')
+  for name in sorted(os.listdir(sweep_dir)):
+    path = os.path.join(sweep_dir, name)
+    if not name.startswith(('.', '_')) and os.path.isdir(path):
+      yield name, path
+
+
+def _parse_json(text: str, where: str) -> Any:
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f'{where}: invalid JSON ({e.msg})') from None
+
+
+def load_runs(sweep_dir: str) -> list[Run]:
+  """Runs with overrides.json and metrics.jsonl and without error.txt."""
+  runs = []
+  for name, path in _run_dirs(sweep_dir):
+    files = {f: os.path.join(path, f)
+             for f in ('overrides.json', 'metrics.jsonl', 'error.txt')}
+    if os.path.exists(files['error.txt']) or not all(
+        os.path.exists(files[f]) for f in ('overrides.json', 'metrics.jsonl')):
+      continue
+    with open(files['overrides.json']) as f:
+      overrides = _parse_json(f.read(), files['overrides.json'])
+    if not isinstance(overrides, dict):
+      raise ConfigError(f'{files["overrides.json"]}: expected a JSON object '
+                        'of config field -> value')
+    with open(files['metrics.jsonl']) as f:
+      rows = [_parse_json(line, f'{files["metrics.jsonl"]}:{i}')
+              for i, line in enumerate(f, 1) if line.strip()]
+    runs.append(Run(name, overrides, rows))
+  return runs
+
+
+def failed_runs(sweep_dir: str) -> dict[str, str]:
+  """Run name -> last line of its error.txt, for runs that have one."""
+  failed = {}
+  for name, path in _run_dirs(sweep_dir):
+    error_path = os.path.join(path, 'error.txt')
+    if os.path.exists(error_path):
+      with open(error_path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+      failed[name] = lines[-1] if lines else '(empty error.txt)'
+  return failed
+
+
+def _last(rows: list[dict], key: str) -> float:
+  return next((r[key] for r in reversed(rows) if key in r), math.nan)
+
+
+def run_metrics(run: Run) -> dict[str, float]:
+  """The METRICS of one run; NaN where it logged no such value."""
+  return {
+      'final_test_accuracy': _last(run.rows, 'test_accuracy'),
+      'best_test_accuracy': max(
+          (r['test_accuracy'] for r in run.rows if 'test_accuracy' in r),
+          default=math.nan),
+      'final_test_loss': _last(run.rows, 'test_loss'),
+      'final_train_loss': _last(run.rows[-1:], 'train_loss'),
+  }
+
+
+def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and sample std (ddof=1) over axis 0; std is NaN for one row."""
+  if len(values) < 2:
+    return values.mean(0), np.full(values.shape[1:], np.nan)
+  return values.mean(0), values.std(0, ddof=1)
+
+
+def _label(overrides: dict[str, Any], fields: Sequence[str]) -> str:
+  return ', '.join(f'{k}={overrides[k]}' for k in fields
+                   if k in overrides) or '(base)'
+
+
+def _label_key(label: str) -> tuple:
+  """Sorts labels with their numbers compared as numbers (0.5 before 10)."""
+  parts = re.split(r'(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)', label)
+  return tuple(float(p) if i % 2 else p for i, p in enumerate(parts))
+
+
+def group_runs(runs: list[Run], tasks: Sequence[str] = (),
+               seed_field: str | None = None) -> list[Group]:
+  """Groups ``runs`` by (method, task), ordered by task, then method.
+
+  ``seed_field=None`` averages over 'seed' when some run overrides it.
+  """
+  fields = sorted({k for run in runs for k in run.overrides})
+  if seed_field is None:
+    seed_field = DEFAULT_SEED_FIELD if DEFAULT_SEED_FIELD in fields else ''
+  named = [('task', f) for f in tasks]
+  named += [('seed', seed_field)] if seed_field else []
+  for kind, field in named:
+    if field not in fields:
+      raise ConfigError(f'{kind} field {field!r} is overridden by no run; '
+                        f'overridden fields: {", ".join(fields)}')
+  if seed_field in tasks:
+    raise ConfigError(f'{seed_field!r} cannot be both the seed field and a '
+                      'task field')
+  method_fields = [f for f in fields if f not in tasks and f != seed_field]
+  by_label: dict[tuple[str, str], list[Run]] = {}
+  for run in runs:
+    task = _label(run.overrides, tasks) if tasks else ALL_RUNS
+    by_label.setdefault((_label(run.overrides, method_fields), task),
+                        []).append(run)
+  groups = []
+  for (method, task), members in sorted(
+      by_label.items(),
+      key=lambda item: (_label_key(item[0][1]), _label_key(item[0][0]))):
+    values = np.array([list(run_metrics(r).values()) for r in members])
+    mean, std = _mean_std(values)
+    groups.append(Group(method, task, members,
+                        dict(zip(METRICS, mean.tolist())),
+                        dict(zip(METRICS, std.tolist()))))
+  return groups
+
+
+def _cell(text: Any) -> str:
+  return str(text).replace('|', r'\|')
+
+
+def _mean_pm_std(mean: float, std: float) -> str:
+  return f'{mean:.4f}' if math.isnan(std) else f'{mean:.4f} ± {std:.4f}'
+
+
+def markdown_table(groups: list[Group]) -> str:
+  """One row per group: seeds and mean ± std of every METRICS entry."""
+  header = ['task', 'method', 'seeds', *METRICS]
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '---|' * len(header)]
+  for g in groups:
+    cells = [g.task, g.method, len(g.runs),
+             *(_mean_pm_std(g.mean[m], g.std[m]) for m in METRICS)]
+    lines.append('| ' + ' | '.join(map(_cell, cells)) + ' |')
+  return '\n'.join(lines)
+
+
+def write_table(groups: list[Group], out_dir: str) -> str:
+  """Writes summary.md and summary.csv to ``out_dir``; returns the markdown."""
+  table = markdown_table(groups)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
+    f.write(table + '\n')
+  with open(os.path.join(out_dir, 'summary.csv'), 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['task', 'method', 'seeds',
+                     *(f'{m}_{s}' for m in METRICS for s in ('mean', 'std'))])
+    for g in groups:
+      writer.writerow([g.task, g.method, len(g.runs),
+                       *(v for m in METRICS for v in (g.mean[m], g.std[m]))])
+  return table
+
+
+def curve(runs: list[Run], key: str
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Rounds where every run logged ``key``; mean and sample std over runs."""
+  per_run = [{r['round']: r[key] for r in run.rows if key in r}
+             for run in runs]
+  rounds = sorted(set.intersection(*(set(values) for values in per_run)))
+  values = np.array([[v[x] for x in rounds] for v in per_run], float)
+  mean, std = _mean_std(values.reshape(len(runs), len(rounds)))
+  return np.array(rounds), mean, std
+
+
+def plot_curves(groups: list[Group], key: str, path: str) -> None:
+  """Mean ± std of ``key`` against round, one line per method and one
+  subplot per task."""
+  tasks = sorted({g.task for g in groups}, key=_label_key)
+  methods = sorted({g.method for g in groups}, key=_label_key)
+  colors = matplotlib.colormaps['tab10' if len(methods) <= 10 else 'tab20']
+  ncols = math.ceil(math.sqrt(len(tasks)))
+  nrows = math.ceil(len(tasks) / ncols)
+  fig = Figure(figsize=(4.5 * ncols, 3.5 * nrows + 0.3 * len(methods)),
+               layout='constrained')
+  axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+  for ax, task in zip(axes, tasks):
+    for g in groups:
+      if g.task != task:
+        continue
+      color = colors(methods.index(g.method) % colors.N)
+      rounds, mean, std = curve(g.runs, key)
+      ax.plot(rounds, mean, color=color, label=g.method,
+              marker='o' if len(rounds) == 1 else None)
+      ax.fill_between(rounds, mean - std, mean + std, color=color, alpha=0.2)
+    if task != ALL_RUNS:
+      ax.set_title(task, fontsize='medium')
+    ax.set_xlabel('round')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+  for ax in axes[len(tasks):]:  # the grid cells past the last task
+    ax.set_visible(False)
+  handles = {label: handle for ax in fig.axes
+             for handle, label in zip(*ax.get_legend_handles_labels())}
+  fig.legend([handles[m] for m in methods if m in handles],
+             [m for m in methods if m in handles], loc='outside lower center',
+             ncols=min(len(methods), 3), fontsize='small')
+  fig.suptitle(f'{key}: mean ± std over seeds')
+  fig.savefig(path, dpi=120)
+
+
+def task_ranks(scores: dict[str, dict[str, float]],
+               higher_is_better: bool = True) -> dict[str, dict[str, float]]:
+  """Task -> method -> rank (1 = best) among the task's methods; tied
+  methods share the mean of the ranks they span; NaN scores are left out."""
+  sign = 1 if higher_is_better else -1
+  ranks = {}
+  for task, by_method in scores.items():
+    valid = {m: sign * s for m, s in by_method.items() if not math.isnan(s)}
+    ranks[task] = {
+        m: 1 + sum(o > s for o in valid.values())
+           + (sum(o == s for o in valid.values()) - 1) / 2
+        for m, s in valid.items()}
+  return ranks
+
+
+def borda(scores: dict[str, dict[str, float]],
+          higher_is_better: bool = True) -> list[tuple[str, float]]:
+  """Borda count over tasks: [(method, points)], most points first.
+
+  With m methods on a task the best gets m-1 points, the next m-2, ...;
+  tied methods share the mean of the points they span. A method missing from
+  a task (or NaN there) gets 0 points for it. Equal totals sort by name.
+  """
+  points = {m: 0.0 for by_method in scores.values() for m in by_method}
+  for ranks in task_ranks(scores, higher_is_better).values():
+    for method, rank in ranks.items():
+      points[method] += len(ranks) - rank
+  return sorted(points.items(), key=lambda item: (-item[1], item[0]))
+
+
+# Ranking name -> f(task -> method -> score, higher_is_better) ->
+# [(method, score)], best first.
+RANKINGS: dict[str, Callable[..., list[tuple[str, float]]]] = {
+    'borda': borda,
+}
+
+
+def ranking_scores(groups: list[Group], metric: str
+                   ) -> dict[str, dict[str, float]]:
+  """Task -> method -> mean ``metric``, rounded to 12 decimals so that float
+  noise in the means does not split ties."""
+  scores: dict[str, dict[str, float]] = {}
+  for g in groups:
+    scores.setdefault(g.task, {})[g.method] = round(g.mean[metric], 12)
+  return scores
+
+
+def ranking_markdown(groups: list[Group], metric: str,
+                     ranking: str = 'borda') -> str:
+  """The ranking of methods across tasks, with each method's rank per task."""
+  higher_is_better = METRICS[metric]
+  scores = ranking_scores(groups, metric)
+  ranks = task_ranks(scores, higher_is_better)
+  header = ['rank', 'method', 'points', *scores]
+  lines = [f'Methods ranked by {ranking} on {metric} '
+           f'({"higher" if higher_is_better else "lower"} is better) over '
+           f'{len(scores)} task(s); per task, 1 = best and ties share the '
+           'mean rank; a method missing from a task gets 0 points for it.',
+           '', '| ' + ' | '.join(map(_cell, header)) + ' |',
+           '|' + '---|' * len(header)]
+  for position, (method, points) in enumerate(
+      RANKINGS[ranking](scores, higher_is_better), 1):
+    per_task = [f'{ranks[t][method]:g}' if method in ranks[t] else '-'
+                for t in scores]
+    lines.append('| ' + ' | '.join(
+        map(_cell, [position, method, f'{points:g}', *per_task])) + ' |')
+  return '\n'.join(lines)
+
+
+def report(sweep_dir: str, out_dir: str | None = None,
+           tasks: Sequence[str] = (), seed_field: str | None = None,
+           metric: str = 'final_test_accuracy',
+           ranking: str = 'borda') -> str:
+  """Writes summary.md/.csv, ranking.md, report.md and one PNG per CURVES
+  key to ``out_dir`` (default ``sweep_dir/report``); returns report.md."""
+  if metric not in METRICS:
+    raise ConfigError(f'unknown metric {metric!r}; valid metrics: '
+                      f'{", ".join(METRICS)}')
+  if ranking not in RANKINGS:
+    raise ConfigError(f'unknown ranking {ranking!r}; valid rankings: '
+                      f'{", ".join(RANKINGS)}')
+  runs, failed = load_runs(sweep_dir), failed_runs(sweep_dir)
+  if not runs:
+    raise ConfigError(
+        f'no runs in {sweep_dir}: expected sub-directories holding '
+        f'overrides.json and metrics.jsonl ({len(failed)} failed)')
+  groups = group_runs(runs, tasks, seed_field)
+  out_dir = out_dir or os.path.join(sweep_dir, 'report')
+  table = write_table(groups, out_dir)
+  ranked = ranking_markdown(groups, metric, ranking)
+  with open(os.path.join(out_dir, 'ranking.md'), 'w') as f:
+    f.write(ranked + '\n')
+  for key in CURVES:
+    plot_curves(groups, key, os.path.join(out_dir, f'{key}.png'))
+  sections = [
+      f'# Sweep {sweep_dir}: {len(runs)} runs in {len(groups)} groups',
+      '## Results\n\nMean ± sample std (ddof=1) over seeds; one seed shows '
+      f'the mean only.\n\n{table}',
+      f'## Ranking\n\n{ranked}',
+  ]
+  if failed:
+    sections.append('## Failed runs\n\n' + '\n'.join(
+        f'- {name}: {message}' for name, message in failed.items()))
+  text = '\n\n'.join(sections) + '\n'
+  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+    f.write(text)
+  return text
