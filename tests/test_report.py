@@ -140,6 +140,23 @@ def test_without_task_fields_every_method_is_one_group(sweep):
       for m in (MEAN, MEDIAN) for a in (0.1, 1.0)]
 
 
+def test_fields_swept_with_the_task_join_it(tmp_path):
+  """data.beta moves with data.alpha: it names the task, not the method."""
+  for aggregator in ('mean', 'median'):
+    for alpha in (0.0, 1.0):
+      for seed in (0, 1):
+        _write_run(tmp_path / f'{aggregator}_{alpha}_{seed}',
+                   {'aggregator': aggregator, 'data.alpha': alpha,
+                    'data.beta': alpha, 'seed': seed},
+                   _rows((0.5, 0.6), (1.0, 0.9), 0.4))
+  groups = report.group_runs(report.load_runs(tmp_path),
+                             tasks=['data.alpha'])
+  assert sorted({g.method for g in groups}) == [MEAN, MEDIAN]
+  assert sorted({g.task for g in groups}) == [
+      'data.alpha=0.0, data.beta=0.0', 'data.alpha=1.0, data.beta=1.0']
+  assert all(len(g.runs) == 2 for g in groups)
+
+
 def test_borda_unit():
   scores = {'t1': {'a': 0.9, 'b': 0.8, 'c': 0.8},
             't2': {'a': 0.1, 'b': 0.3},  # c missing: 0 points

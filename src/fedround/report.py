@@ -133,11 +133,33 @@ def _label_key(label: str) -> tuple:
   return tuple(float(p) if i % 2 else p for i, p in enumerate(parts))
 
 
+def _swept_with(runs: list[Run], tasks: Sequence[str], fields: list[str],
+                seed_field: str) -> list[str]:
+  """Fields that vary across tasks but are constant within each one (e.g.
+  ``data.beta`` swept together with the task field ``data.alpha``): they
+  belong to the task, not to the method."""
+  if not tasks:
+    return []
+  swept_with = []
+  for field in fields:
+    if field in tasks or field == seed_field:
+      continue
+    values: dict[str, set[str]] = {}
+    for run in runs:
+      values.setdefault(_label(run.overrides, tasks), set()).add(
+          json.dumps(run.overrides.get(field)))
+    if (all(len(v) == 1 for v in values.values())
+        and len(set().union(*values.values())) > 1):
+      swept_with.append(field)
+  return swept_with
+
+
 def group_runs(runs: list[Run], tasks: Sequence[str] = (),
                seed_field: str | None = None) -> list[Group]:
   """Groups ``runs`` by (method, task), ordered by task, then method.
 
-  ``seed_field=None`` averages over 'seed' when some run overrides it.
+  ``seed_field=None`` averages over 'seed' when some run overrides it. Fields
+  swept together with the task fields join them.
   """
   fields = sorted({k for run in runs for k in run.overrides})
   if seed_field is None:
@@ -151,6 +173,7 @@ def group_runs(runs: list[Run], tasks: Sequence[str] = (),
   if seed_field in tasks:
     raise ConfigError(f'{seed_field!r} cannot be both the seed field and a '
                       'task field')
+  tasks = list(tasks) + _swept_with(runs, tasks, fields, seed_field)
   method_fields = [f for f in fields if f not in tasks and f != seed_field]
   by_label: dict[tuple[str, str], list[Run]] = {}
   for run in runs:
@@ -242,13 +265,19 @@ def plot_curves(groups: list[Group], key: str, path: str) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
-  for ax in axes[len(tasks):]:  # the grid cells past the last task
-    ax.set_visible(False)
   handles = {label: handle for ax in fig.axes
              for handle, label in zip(*ax.get_legend_handles_labels())}
-  fig.legend([handles[m] for m in methods if m in handles],
-             [m for m in methods if m in handles], loc='outside lower center',
-             ncols=min(len(methods), 3), fontsize='small')
+  shown = [m for m in methods if m in handles]
+  spare = axes[len(tasks):]  # the grid cells past the last task
+  for ax in spare:
+    ax.set_axis_off()
+  if spare:
+    spare[0].legend([handles[m] for m in shown], shown, loc='center',
+                    fontsize='small')
+  else:  # below the plots, as many columns as the widest label allows
+    fits = int(fig.get_figwidth() / (0.08 * max(map(len, shown)) + 0.8))
+    fig.legend([handles[m] for m in shown], shown, loc='outside lower center',
+               ncols=max(1, min(len(shown), fits)), fontsize='small')
   fig.suptitle(f'{key}: mean ± std over seeds')
   fig.savefig(path, dpi=120)
 
