@@ -11,6 +11,9 @@ Per workload, the median milliseconds per round of
 plus the compile time and memory of (a), the padding waste and the targets:
 (a) >= 10x faster than (b) when dispatch-bound, never slower than (b) when
 compute-bound, and (a) / (c) <= 1.5 on both.
+
+The ``replicas`` workload times S seeds of ``make run``'s job one by one
+against one vmapped computation (``--replicas seeds`` in sweeps).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import runpy
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from typing import Callable, NamedTuple
 
@@ -153,6 +157,98 @@ def bench(name: str, workload: Workload, quick: bool) -> dict:
       min_speedup=workload.min_speedup)
 
 
+REPLICA_SEEDS = 8
+REPLICA_ROUNDS = 20
+REPLICA_SCHEDULES = {'epochs': dict(local_epochs=20, local_steps=0),
+                     'steps': dict(local_epochs=0, local_steps=100)}
+
+
+def _synthetic_config(seed: int, rounds: int, schedule: str):
+  config = runpy.run_path(os.path.join(EXPERIMENTS, 'fedavg_synthetic.py'))[
+      'get_config']()
+  config.seed, config.rounds = seed, rounds
+  config.eval_every = config.checkpoint_every = rounds
+  config.shard = config.progress = False
+  config.client.update(REPLICA_SCHEDULES[schedule])
+  return config
+
+
+def _replicas_steady_ms(configs, repeats: int) -> tuple[float, float]:
+  """Ms per round for all seeds: one compiled scan per seed vs vmapped."""
+  experiment = train.build(configs[0])
+  data, active = experiment.data, jnp.int32(REPLICA_ROUNDS)
+  single = make_rounds(experiment.round.fn, REPLICA_ROUNDS).lower(
+      experiment.init_state(), data, active).compile()
+  states = [experiment.init_state(c) for c in configs]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  vmapped = make_rounds(experiment.round.fn, REPLICA_ROUNDS,
+                        replicas=True).lower(stacked, data, active).compile()
+
+  def one_by_one():
+    nonlocal states
+    states = [single(s, data, active)[0] for s in states]
+    return states
+
+  def together():
+    nonlocal stacked
+    stacked = vmapped(stacked, data, active)[0]
+    return stacked
+
+  one_by_one(), together()
+  return (median_ms(one_by_one, repeats) / REPLICA_ROUNDS,
+          median_ms(together, repeats) / REPLICA_ROUNDS)
+
+
+def bench_replicas(quick: bool) -> dict:
+  """S seeds of ``make run``'s config: one by one vs one vmapped call.
+
+  Steady state, per schedule: the same compiled R-round scan called once
+  per seed (seed and learning rates are state, so one compilation serves
+  every seed) against the replica scan called once on the stacked states.
+  End to end: ``train.run`` per seed (each builds and compiles) against one
+  ``train.run_replicas``, both writing metrics and checkpoints.
+  """
+  seeds = REPLICA_SEEDS // 2 if quick else REPLICA_SEEDS
+  repeats = 3 if quick else 5
+  row = dict(seeds=seeds, rounds=REPLICA_ROUNDS)
+  for schedule in REPLICA_SCHEDULES:
+    row[schedule] = _replicas_steady_ms(
+        [_synthetic_config(s, REPLICA_ROUNDS, schedule) for s in range(seeds)],
+        repeats)
+  configs = [_synthetic_config(s, REPLICA_ROUNDS, 'epochs')
+             for s in range(seeds)]
+  with tempfile.TemporaryDirectory() as tmp:
+    start = time.perf_counter()
+    for config in configs:
+      train.run(config, os.path.join(tmp, 'alone', str(config.seed)))
+    alone_s = time.perf_counter() - start
+    start = time.perf_counter()
+    train.run_replicas(configs, [os.path.join(tmp, 'together', str(c.seed))
+                                 for c in configs])
+    row['end_to_end'] = alone_s, time.perf_counter() - start
+  return row
+
+
+def format_replicas(row: dict) -> str:
+  size = f'{row["seeds"]} x {row["rounds"]}'
+  labels = {
+      'epochs': 'steady state, E=20 epochs (uneven), ms/round, all seeds',
+      'steps': 'steady state, K=100 steps (even), ms/round, all seeds',
+      'end_to_end': 'end to end, E=20 (build, compile, train, checkpoint), s'}
+  lines = ['| replicas | seeds x rounds | one by one | vmapped | speed-up |',
+           '|---|---|---|---|---|']
+  for key, label in labels.items():
+    alone, together = row[key]
+    lines.append(f'| {label} | {size} | {alone:.2f} | {together:.2f} | '
+                 f'{alone / together:.2f}x |')
+  return '\n'.join(lines + [
+      '',
+      f'replicas: {row["seeds"]} seeds of experiments/fedavg_synthetic.py '
+      '(logistic, 10 of 30 clients per round), unsharded; one by one = the '
+      'same compiled scan called per seed, or train.run per seed; vmapped = '
+      'make_rounds(..., replicas=True), or train.run_replicas'])
+
+
 def format_report(rows: list[dict], command: str) -> str:
   """The markdown table, the PASS/FAIL lines and the command."""
   header = ('| workload | model / data | C x K x B | (a) fedround ms | '
@@ -190,15 +286,18 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true',
                       help='fewer timed repetitions')
-  parser.add_argument('--workload', choices=sorted(WORKLOADS),
+  parser.add_argument('--workload', choices=sorted(WORKLOADS) + ['replicas'],
                       action='append',
                       help='run only this workload (repeatable); default all')
   parser.add_argument('--out', help='also write the report to this file')
   args = parser.parse_args()
+  names = args.workload or [*WORKLOADS, 'replicas']
   rows = [bench(name, WORKLOADS[name], args.quick)
-          for name in args.workload or WORKLOADS]
+          for name in names if name in WORKLOADS]
   command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
-  report = format_report(rows, command)
+  report = format_report(rows, command) if rows else f'command: {command}'
+  if 'replicas' in names:
+    report = format_replicas(bench_replicas(args.quick)) + '\n\n' + report
   print(report)
   if args.out:
     with open(args.out, 'w') as f:

@@ -42,8 +42,10 @@ def parse_axis(text: str) -> list[dict]:
   except (ValueError, SyntaxError):
     values = None
   if not isinstance(values, (list, tuple)) or not field.strip():
-    raise ConfigError(f'--sweep {text!r}: expected field=[value, ...], e.g. '
-                      "'seed=[0, 1, 2]'")
+    raise ConfigError(
+        f'--sweep {text!r}: expected field=[value, ...] with Python literal '
+        "values (quote strings), e.g. 'seed=[0, 1, 2]' or "
+        '"aggregator=[\'mean\', \'weighted_mean\']"')
   return sweep.sweep(field.strip(), values)
 
 
