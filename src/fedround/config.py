@@ -27,6 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
       local_steps=0, local_epochs=1))
   # Pre-aggregators and one rule, joined by '|'.
   c.aggregator = 'weighted_mean'
+  # Simulated Byzantine clients: an attack spec (fedround.attacks.ATTACKS)
+  # and who attacks: a fraction of the N clients or explicit client ids.
+  c.attack = ml_collections.ConfigDict(dict(name='none', fraction=0.0,
+                                            ids=()))
   c.server = ml_collections.ConfigDict(dict(optimizer='sgd',
                                             learning_rate=1.0))
   c.eval_every = 10
@@ -65,6 +69,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value > 0):
       raise ConfigError(f'config.{field}.learning_rate must be a number > 0, '
                         f'got {value!r}')
+  fraction, ids = config.attack.fraction, config.attack.ids
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or (
+      not 0 <= fraction < 1):
+    raise ConfigError('config.attack.fraction must be a number in [0, 1), '
+                      f'got {fraction!r}')
+  if not isinstance(ids, (tuple, list)) or not all(
+      isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+    raise ConfigError('config.attack.ids must be a tuple of client ids >= 0, '
+                      f'got {ids!r}')
+  if ids and fraction:
+    raise ConfigError('config.attack: set either fraction or ids, not both; '
+                      f'got fraction={fraction!r}, ids={tuple(ids)!r}')
+  if len(set(ids)) != len(ids):
+    raise ConfigError(f'config.attack.ids has repeated clients: {tuple(ids)}')
 
 
 def parse_variant(arg: str | None, **defaults):

@@ -99,6 +99,10 @@ class Registry:
     supplied = {k: v for k, v in context.items() if k in params or takes_any}
     try:
       return factory(**supplied, **kwargs)
+    except ConfigError:
+      raise
     except TypeError as e:
       raise ConfigError(f'{field}: cannot build {self.kind} {name!r} from '
                         f'{kwargs}: {e}') from None
+    except ValueError as e:  # a factory refusing its parameters
+      raise ConfigError(f'{field}: {self.kind} {name!r}: {e}') from None

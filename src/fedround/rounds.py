@@ -2,7 +2,8 @@
 
 round(state, data) -> (state, metrics): sample a cohort, gather its data,
 vmap local training over the client axis (sharded over the mesh axis
-``clients``), exclude non-finite updates, aggregate, take the server step.
+``clients``), let the cohort's Byzantine clients attack, exclude non-finite
+updates, aggregate, take the server step.
 ``make_rounds`` jits a ``lax.scan`` of R rounds per call.
 """
 from __future__ import annotations
@@ -16,12 +17,14 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedround.aggregators import Aggregator
+from fedround.attacks import Attack, byzantine_mask, no_attack
 from fedround.client import Client
 from fedround.data import FederatedData, Participation
 from fedround.models import negative_log_likelihood
 from fedround.server import ServerState, server_step
 
 CLIENTS = 'clients'
+BYZANTINE_STREAM = 0x42595a  # folded into the run's key: who is Byzantine
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh | None:
@@ -63,9 +66,15 @@ def _idle_fraction(steps, present):
 
 
 def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
-               participation: Participation, mesh: Mesh | None = None) -> Round:
+               participation: Participation, mesh: Mesh | None = None,
+               attack: Attack | None = None, byzantine_fraction: float = 0.0,
+               byzantine_ids: tuple[int, ...] = ()) -> Round:
   """``server_optimizer`` is a factory learning_rate -> optax transformation;
-  both learning rates come from ``state.hparams``."""
+  both learning rates come from ``state.hparams``. The Byzantine clients
+  (``byzantine_ids``, or a ``byzantine_fraction`` of the federation drawn
+  from the run's key) replace their updates by ``attack``'s."""
+  attack = attack or no_attack()
+  attacked = bool(byzantine_ids) or byzantine_fraction > 0
   num_devices = 1 if mesh is None else mesh.size
   cohort = participation.cohort_size
   buffer = math.ceil(cohort / num_devices) * num_devices
@@ -98,29 +107,60 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
     return ids, present, keys, k_aggregate
 
+  def zero_unusable(tree, usable):
+    return jax.tree.map(
+        lambda d: jnp.where(usable.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0),
+        tree)
+
   def round_fn(state: ServerState, data: FederatedData):
     traces.append(1)
     ids, present, keys, k_aggregate = sample_cohort(state)
-    results = train_clients(state.params, data.x, data.y, data.n, ids, keys,
+    is_byzantine = byzantine_mask(
+        jax.random.fold_in(state.key, BYZANTINE_STREAM), data.num_clients,
+        byzantine_fraction, byzantine_ids)
+    labels = data.y
+    if attack.flips_labels:
+      labels = jnp.where(is_byzantine[:, None], data.num_classes - 1 - labels,
+                         labels)
+    results = train_clients(state.params, data.x, labels, data.n, ids, keys,
                             state.hparams['client_learning_rate'])
-    finite = _tree_all_finite(results.delta)
+    client_ids = jnp.where(present, ids, -1)
+    deltas = results.delta
+    finite = _tree_all_finite(deltas)
+    byzantine = present & is_byzantine[ids]
+    if attacked:
+      honest = present & ~byzantine & finite
+
+      def probe(stack):  # the server's view, for attacks that search
+        usable = (honest | byzantine) & _tree_all_finite(stack)
+        weights = jnp.where(usable, results.num_examples, 0)
+        return aggregator.update(
+            zero_unusable(stack, usable), state.agg_state, state.params,
+            weights=weights.astype(jnp.float32), key=k_aggregate,
+            client_ids=client_ids)[0]
+
+      deltas = attack.apply(zero_unusable(deltas, honest | byzantine),
+                            byzantine=byzantine, honest=honest,
+                            key=jax.random.fold_in(k_aggregate, 1),
+                            aggregate=probe)
+      finite = jnp.where(byzantine, _tree_all_finite(deltas), finite)
     usable = present & finite
-    deltas = jax.tree.map(
-        lambda d: jnp.where(usable.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0),
-        results.delta)
+    deltas = zero_unusable(deltas, usable)
     weights = jnp.where(usable, results.num_examples, 0).astype(jnp.float32)
     aggregate, agg_state = aggregator.update(
         deltas, state.agg_state, state.params, weights=weights,
-        key=k_aggregate, client_ids=jnp.where(present, ids, -1))
+        key=k_aggregate, client_ids=client_ids)
     params, opt_state = server_step(
         server_optimizer(state.hparams['server_learning_rate']), state.params,
         state.opt_state, aggregate)
-    used = jnp.maximum(jnp.sum(usable), 1)
+    trained = usable & ~byzantine  # the honest clients' own training loss
     metrics = dict(
-        train_loss=jnp.sum(jnp.where(usable, results.loss, 0)) / used,
+        train_loss=jnp.sum(jnp.where(trained, results.loss, 0)) / jnp.maximum(
+            jnp.sum(trained), 1),
         update_norm=optax.tree.norm(aggregate),
         participants=jnp.sum(present),
         nonfinite_excluded=jnp.sum(present & ~finite),
+        byzantine=jnp.sum(byzantine),
         idle_step_fraction=_idle_fraction(results.steps, present),
     )
     new_state = state.replace(round=state.round + 1, params=params,

@@ -22,6 +22,7 @@ import tqdm
 
 from fedround import config as config_lib
 from fedround.aggregators import build_aggregator
+from fedround.attacks import ATTACKS
 from fedround.client import Client, make_client
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
 from fedround.models import MODELS
@@ -78,7 +79,9 @@ def check(config: ml_collections.ConfigDict) -> None:
       'config.participation', 'num_clients', 'cohort_size')
   build_optimizer(config.client.optimizer, 'config.client.optimizer')
   build_optimizer(config.server.optimizer, 'config.server.optimizer')
-  build_aggregator(config.aggregator, 'config.aggregator')
+  build_aggregator(config.aggregator, 'config.aggregator',
+                   num_clients=config.clients_per_round)
+  ATTACKS.build(config.attack.name, 'config.attack.name')
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -97,13 +100,22 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                        max_examples=data.max_examples,
                        local_steps=config.client.local_steps,
                        local_epochs=config.client.local_epochs)
-  aggregator = build_aggregator(config.aggregator, 'config.aggregator')
+  aggregator = build_aggregator(config.aggregator, 'config.aggregator',
+                                num_clients=config.clients_per_round)
   server_optimizer = build_optimizer(config.server.optimizer,
                                      'config.server.optimizer')
+  if any(i >= data.num_clients for i in config.attack.ids):
+    raise ConfigError(f'config.attack.ids: {tuple(config.attack.ids)} names '
+                      f'clients beyond the federation; valid ids: 0..'
+                      f'{data.num_clients - 1}')
   mesh = make_mesh() if config.shard else None
   round_ = make_round(client=client, aggregator=aggregator,
                       server_optimizer=server_optimizer,
-                      participation=participation, mesh=mesh)
+                      participation=participation, mesh=mesh,
+                      attack=ATTACKS.build(config.attack.name,
+                                           'config.attack.name'),
+                      byzantine_fraction=config.attack.fraction,
+                      byzantine_ids=tuple(config.attack.ids))
   return Experiment(config, replicate(data, mesh), model, client, round_,
                     server_optimizer, aggregator, mesh)
 

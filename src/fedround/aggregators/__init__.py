@@ -14,9 +14,13 @@ AGGREGATORS.register('weighted_mean')(weighted.weighted_mean)
 AGGREGATORS.register('mean')(weighted.mean)
 
 
-def build_aggregator(spec: str, field: str = 'config.aggregator', /,
-                     **context) -> Aggregator:
-  """Builds ``'pre1(...) | pre2(...) | rule(...)'`` into one Aggregator."""
+def build_aggregator(spec: str, field: str = 'config.aggregator', /, *,
+                     num_clients: int | None = None) -> Aggregator:
+  """Builds ``'pre1(...) | pre2(...) | rule(...)'`` into one Aggregator.
+
+  ``num_clients`` (the cohort size) lets each part check its parameters
+  against the number of clients that reach it.
+  """
   if not isinstance(spec, str):
     raise ConfigError(f'{field}: expected a string such as "weighted_mean" '
                       f'or "clip(max_norm=10) | mean", got {spec!r}')
@@ -24,6 +28,7 @@ def build_aggregator(spec: str, field: str = 'config.aggregator', /,
   built = []
   for i, part in enumerate(parts):
     name, kwargs = parse_spec(part, field)
+    context = {} if num_clients is None else {'num_clients': num_clients}
     built.append(AGGREGATORS.call(name, kwargs, field, **context))
     is_last = i == len(parts) - 1
     if is_last and not isinstance(built[-1], Aggregator):

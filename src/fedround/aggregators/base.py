@@ -7,8 +7,13 @@ an excluded non-finite update). A rule returns ``(aggregate, state)`` with
 ``aggregate`` shaped like one client's update.
 
 A pre-aggregator (clipping, NNM, bucketing) returns ``((updates', weights'),
-state)`` with a possibly different client count; ``chain(pre..., rule)``
-composes them into one Aggregator.
+state)`` with a possibly different client count (``num_outputs(C)``, static);
+``chain(pre..., rule)`` composes them into one Aggregator.
+
+Rows of absent clients are zero (the round zeroes them). Factories that
+must know the cohort size to check their parameters (Krum needs C > 2f + 2)
+take ``num_clients``: the most clients that can be present where the part
+sits in the chain, which fedround supplies from the config.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ class Aggregator(NamedTuple):
 class PreAggregator(NamedTuple):
   init: Callable[[Any], Any]
   update: Callable[..., tuple[tuple[Any, jax.Array], Any]]
+  num_outputs: Callable[[int], int] = lambda num_clients: num_clients
 
 
 def stateless(aggregate_fn: Callable[..., Any]) -> Aggregator:
