@@ -1,10 +1,12 @@
 """Summarises a sweep directory (one sub-directory per run) and ranks methods.
 
   .venv/bin/python scripts/report.py DIR [--task data.alpha --task data.beta] \
-      [--seed_field seed] [--metric final_test_accuracy] [--out OUT]
+      [--seed_field seed] [--metric final_test_accuracy] [--out OUT] \
+      [--heatmap ROW_FIELD COLUMN_FIELD ...]
 
 Writes summary.md, summary.csv, ranking.md, report.md, test_accuracy.png and
-train_loss.png to OUT (default DIR/report) and prints report.md.
+train_loss.png (and with --heatmap, heatmap.md and heatmap.png) to OUT
+(default DIR/report) and prints report.md.
 """
 from __future__ import annotations
 
@@ -30,13 +32,18 @@ def main() -> None:
                       help=f'ranking metric: {", ".join(report.METRICS)}')
   parser.add_argument('--ranking', default='borda',
                       help=f'ranking rule: {", ".join(report.RANKINGS)}')
+  parser.add_argument('--heatmap', nargs='+', default=(),
+                      metavar='FIELD',
+                      help='ROW COLUMN [COLUMN ...]: also write heatmap.md '
+                      'and heatmap.png of --metric, e.g. --heatmap '
+                      'aggregator attack.fraction attack.name')
   parser.add_argument('--out', default=None,
                       help='output directory (default: DIR/report)')
   args = parser.parse_args()
   try:
     text = report.report(args.sweep_dir, args.out, tasks=args.task,
                          seed_field=args.seed_field, metric=args.metric,
-                         ranking=args.ranking)
+                         ranking=args.ranking, heatmap=args.heatmap)
   except ConfigError as e:
     sys.exit(f'config error: {e}')
   print(text, end='')

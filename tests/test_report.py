@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from fedround import report
@@ -267,3 +268,37 @@ def test_cli(sweep, tmp_path):
   assert out.returncode != 0
   assert out.stderr.startswith('config error: ')
   assert 'data.alfa' in out.stderr and 'data.alpha' in out.stderr
+
+
+def test_heatmap_pivots_rules_against_attack_scenarios(tmp_path):
+  """Rows are rules, columns (fraction, attack); seeds are averaged and a
+  scenario not run shows as '-'."""
+  accuracy = {('mean', 0.0, 'none'): [0.9, 0.8], ('mean', 0.2, 'alie'): [0.1],
+              ('krum', 0.0, 'none'): [0.85], ('krum', 0.2, 'alie'): [0.7]}
+  for (rule, fraction, attack), values in accuracy.items():
+    for seed, value in enumerate(values):
+      _write_run(tmp_path / f'{rule}_{fraction}_{attack}_{seed}', {'aggregator': rule, 'attack.fraction': fraction,
+                            'attack.name': attack, 'seed': seed},
+                 [{'round': 1, 'test_accuracy': value, 'test_loss': 1.0,
+                   'train_loss': 1.0}])
+  _write_run(tmp_path / 'krum_ipm', {'aggregator': 'krum',
+                                     'attack.fraction': 0.1,
+                        'attack.name': 'ipm', 'seed': 0},
+             [{'round': 1, 'test_accuracy': 0.5, 'test_loss': 1.0,
+               'train_loss': 1.0}])
+  grid = report.pivot(report.load_runs(str(tmp_path)), 'aggregator',
+                      ['attack.fraction', 'attack.name'])
+  assert grid.columns == ['0.0, none', '0.1, ipm', '0.2, alie']
+  mean = dict(zip(grid.rows, grid.mean.tolist()))
+  np.testing.assert_allclose(mean['mean'], [0.85, np.nan, 0.1])
+  np.testing.assert_allclose(mean['krum'], [0.85, 0.5, 0.7])
+  out = tmp_path / 'out'
+  text = report.report(str(tmp_path), str(out), tasks=['attack.name'],
+                       heatmap=['aggregator', 'attack.fraction',
+                                'attack.name'])
+  assert '| mean | 0.850 | - | 0.100 |' in text
+  assert (out / 'heatmap.png').stat().st_size > 1000
+  assert (out / 'heatmap.md').read_text().startswith('final_test_accuracy')
+  with pytest.raises(ConfigError, match="heatmap field 'attack.nam'"):
+    report.pivot(report.load_runs(str(tmp_path)), 'aggregator',
+                 ['attack.nam'])

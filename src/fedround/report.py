@@ -351,12 +351,89 @@ def ranking_markdown(groups: list[Group], metric: str,
   return '\n'.join(lines)
 
 
+class Pivot(NamedTuple):
+  """A metric laid out as rows x columns of override values."""
+  row_field: str
+  column_fields: tuple[str, ...]
+  rows: list[str]
+  columns: list[str]
+  mean: np.ndarray   # [rows, columns], NaN where no run
+  count: np.ndarray  # runs averaged per cell
+
+
+def pivot(runs: list[Run], row_field: str, column_fields: Sequence[str],
+          metric: str = 'final_test_accuracy') -> Pivot:
+  """``metric`` per (row value, column values), averaged over every other
+  override (seeds); e.g. rule x (Byzantine fraction, attack)."""
+  fields = {k for run in runs for k in run.overrides}
+  for field in (row_field, *column_fields):
+    if field not in fields:
+      raise ConfigError(f'heatmap field {field!r} is overridden by no run; '
+                        f'overridden fields: {", ".join(sorted(fields))}')
+  cells: dict[tuple[str, str], list[float]] = {}
+  for run in runs:
+    key = (_label(run.overrides, [row_field]).split('=', 1)[1],
+           ', '.join(_label(run.overrides, [f]).split('=', 1)[1]
+                     for f in column_fields))
+    cells.setdefault(key, []).append(run_metrics(run)[metric])
+  row_labels = list(dict.fromkeys(r for r, _ in cells))
+  columns = sorted({c for _, c in cells}, key=_label_key)
+  mean = np.full((len(row_labels), len(columns)), np.nan)
+  count = np.zeros_like(mean, dtype=int)
+  for (r, c), values in cells.items():
+    i, j = row_labels.index(r), columns.index(c)
+    mean[i, j], count[i, j] = np.mean(values), len(values)
+  return Pivot(row_field, tuple(column_fields), row_labels, columns, mean,
+               count)
+
+
+def pivot_markdown(table: Pivot, metric: str) -> str:
+  corner = f'{table.row_field} \\ {", ".join(table.column_fields)}'
+  lines = [f'{metric}, mean over the runs of each cell '
+           f'({int(table.count.max(initial=0))} at most); - = not run.', '',
+           '| ' + ' | '.join(map(_cell, [corner, *table.columns])) + ' |',
+           '|' + '---|' * (len(table.columns) + 1)]
+  for row, values in zip(table.rows, table.mean):
+    lines.append('| ' + ' | '.join(map(_cell, [row, *(
+        '-' if math.isnan(v) else f'{v:.3f}' for v in values)])) + ' |')
+  return '\n'.join(lines)
+
+
+def plot_heatmap(table: Pivot, metric: str, path: str) -> None:
+  """The pivot as a colour grid with its values written in the cells."""
+  fig = Figure(figsize=(2.5 + 0.75 * len(table.columns),
+                        1.5 + 0.4 * len(table.rows)))
+  ax = fig.subplots()
+  image = ax.imshow(np.ma.masked_invalid(table.mean), cmap='viridis',
+                    aspect='auto', vmin=np.nanmin(table.mean, initial=0),
+                    vmax=np.nanmax(table.mean, initial=1))
+  ax.set_xticks(range(len(table.columns)), table.columns, rotation=60,
+                ha='right', fontsize=8)
+  ax.set_yticks(range(len(table.rows)), table.rows, fontsize=8)
+  ax.set_xlabel(', '.join(table.column_fields))
+  ax.set_ylabel(table.row_field)
+  middle = np.nanmean(table.mean) if np.isfinite(table.mean).any() else 0
+  for (i, j), value in np.ndenumerate(table.mean):
+    if not math.isnan(value):
+      ax.text(j, i, f'{value:.2f}', ha='center', va='center', fontsize=7,
+              color='black' if value > middle else 'white')
+  fig.colorbar(image, ax=ax, label=metric)
+  ax.set_title(f'{metric} (mean over seeds)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
 def report(sweep_dir: str, out_dir: str | None = None,
            tasks: Sequence[str] = (), seed_field: str | None = None,
            metric: str = 'final_test_accuracy',
-           ranking: str = 'borda') -> str:
+           ranking: str = 'borda',
+           heatmap: Sequence[str] = ()) -> str:
   """Writes summary.md/.csv, ranking.md, report.md and one PNG per CURVES
-  key to ``out_dir`` (default ``sweep_dir/report``); returns report.md."""
+  key to ``out_dir`` (default ``sweep_dir/report``); returns report.md.
+
+  ``heatmap = (row_field, column_field, ...)`` also writes heatmap.md and
+  heatmap.png: ``metric`` per row value and column values.
+  """
   if metric not in METRICS:
     raise ConfigError(f'unknown metric {metric!r}; valid metrics: '
                       f'{", ".join(METRICS)}')
@@ -382,6 +459,16 @@ def report(sweep_dir: str, out_dir: str | None = None,
       f'the mean only.\n\n{table}',
       f'## Ranking\n\n{ranked}',
   ]
+  if heatmap:
+    if len(heatmap) < 2:
+      raise ConfigError('heatmap needs a row field and at least one column '
+                        f'field, got {list(heatmap)}')
+    grid = pivot(runs, heatmap[0], heatmap[1:], metric)
+    grid_md = pivot_markdown(grid, metric)
+    with open(os.path.join(out_dir, 'heatmap.md'), 'w') as f:
+      f.write(grid_md + '\n')
+    plot_heatmap(grid, metric, os.path.join(out_dir, 'heatmap.png'))
+    sections.insert(1, f'## Heatmap\n\n{grid_md}\n\n![heatmap](heatmap.png)')
   if failed:
     sections.append('## Failed runs\n\n' + '\n'.join(
         f'- {name}: {message}' for name, message in failed.items()))

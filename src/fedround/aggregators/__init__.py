@@ -6,12 +6,17 @@ pre-aggregators and one final rule (see ``base.chain``).
 from __future__ import annotations
 
 from fedround.aggregators.base import Aggregator, PreAggregator, chain, stateless
-from fedround.aggregators import weighted
+from fedround.aggregators import flag, preaggregators, weighted
 from fedround.registry import ConfigError, Registry, parse_spec
 
 AGGREGATORS = Registry('aggregator')
 AGGREGATORS.register('weighted_mean')(weighted.weighted_mean)
 AGGREGATORS.register('mean')(weighted.mean)
+AGGREGATORS.register('flag')(flag.flag_aggregator)
+AGGREGATORS.register('clip')(preaggregators.clip)
+AGGREGATORS.register('nnm')(preaggregators.nnm)
+AGGREGATORS.register('bucketing')(preaggregators.bucketing)
+AGGREGATORS.register('arc')(preaggregators.arc)
 
 
 def build_aggregator(spec: str, field: str = 'config.aggregator', /, *,
@@ -25,11 +30,17 @@ def build_aggregator(spec: str, field: str = 'config.aggregator', /, *,
     raise ConfigError(f'{field}: expected a string such as "weighted_mean" '
                       f'or "clip(max_norm=10) | mean", got {spec!r}')
   parts = [s.strip() for s in spec.split('|')]
-  built = []
+  built, cohort = [], num_clients
   for i, part in enumerate(parts):
     name, kwargs = parse_spec(part, field)
     context = {} if num_clients is None else {'num_clients': num_clients}
-    built.append(AGGREGATORS.call(name, kwargs, field, **context))
+    try:
+      built.append(AGGREGATORS.call(name, kwargs, field, **context))
+    except ConfigError as e:
+      if num_clients == cohort:
+        raise
+      raise ConfigError(f'{e} (the pre-aggregators before {part!r} turn '
+                        f'a cohort of {cohort} into {num_clients})') from None
     is_last = i == len(parts) - 1
     if is_last and not isinstance(built[-1], Aggregator):
       raise ConfigError(f'{field}: the last part {part!r} must be an '
@@ -37,6 +48,8 @@ def build_aggregator(spec: str, field: str = 'config.aggregator', /, *,
     if not is_last and not isinstance(built[-1], PreAggregator):
       raise ConfigError(f'{field}: {part!r} is an aggregation rule; only '
                         'pre-aggregators may come before the last "|"')
+    if num_clients is not None and not is_last:
+      num_clients = built[-1].num_outputs(num_clients)
   return chain(*built)
 
 
