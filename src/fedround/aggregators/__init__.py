@@ -6,12 +6,22 @@ pre-aggregators and one final rule (see ``base.chain``).
 from __future__ import annotations
 
 from fedround.aggregators.base import Aggregator, PreAggregator, chain, stateless
-from fedround.aggregators import flag, preaggregators, weighted
+from fedround.aggregators import flag, preaggregators, robust, weighted
 from fedround.registry import ConfigError, Registry, parse_spec
 
 AGGREGATORS = Registry('aggregator')
 AGGREGATORS.register('weighted_mean')(weighted.weighted_mean)
 AGGREGATORS.register('mean')(weighted.mean)
+AGGREGATORS.register('median')(robust.median)
+AGGREGATORS.register('trimmed_mean')(robust.trimmed_mean)
+AGGREGATORS.register('meamed')(robust.meamed)
+AGGREGATORS.register('krum')(robust.krum)
+AGGREGATORS.register('multi_krum')(robust.multi_krum)
+AGGREGATORS.register('geometric_median')(robust.geometric_median)
+AGGREGATORS.register('centered_clipping')(robust.centered_clipping)
+AGGREGATORS.register('bulyan')(robust.bulyan)
+AGGREGATORS.register('mda')(robust.mda)
+AGGREGATORS.register('monna')(robust.monna)
 AGGREGATORS.register('flag')(flag.flag_aggregator)
 AGGREGATORS.register('clip')(preaggregators.clip)
 AGGREGATORS.register('nnm')(preaggregators.nnm)
