@@ -10,9 +10,10 @@ global model stays where it is. Ties go to the lower client index (MDA
 first breaks them by spread).
 
 Coordinate-wise rules work per leaf. Distance-based rules work from the
-C x C Gram matrix of the updates centred on their coordinate-wise median
-(``stack``); the iterative ones (geometric median, centered clipping) keep
-their iterate as coefficients over that stack and form the d-vector once.
+C x C Gram matrix of the updates centred on the smallest present update
+(``stack.anchor``); the iterative ones (geometric median, centered
+clipping) keep their iterate as coefficients over that stack and form the
+d-vector once.
 MoNNA needs only the distances to one update and takes them directly.
 """
 from __future__ import annotations
@@ -137,7 +138,7 @@ def geometric_median(iterations: int = 8, nu: float = 1e-6) -> Aggregator:
   ``iterations`` steps from z = mean.
 
   z is kept as coefficients a (sum a = 1) over the present updates, so
-  ||x_i - z||^2 = G_ii - 2 (G a)_i + a^T G a on the median-centred Gram
+  ||x_i - z||^2 = G_ii - 2 (G a)_i + a^T G a on the anchor-centred Gram
   matrix G. A lone present update is returned as is.
   """
   _check_iterations(iterations)
@@ -147,7 +148,7 @@ def geometric_median(iterations: int = 8, nu: float = 1e-6) -> Aggregator:
 
   def aggregate(updates, weights):
     present = stack.present(weights)
-    center, offsets = _median_centred(updates, present)
+    center, offsets = _anchored(updates, present)
     gram = stack.gram(offsets)
 
     def step(_, coefficients):
@@ -171,7 +172,7 @@ def centered_clipping(tau: float = 1.0, iterations: int = 3) -> Aggregator:
   v <- v + mean_i (x_i - v) min(1, tau / ||x_i - v||), ``iterations`` steps
   from the previous round's aggregate, which is the state (zeros at init).
 
-  v is kept as coefficients over the median-centred stack augmented with
+  v is kept as coefficients over the anchor-centred stack augmented with
   the starting point v0. With no client present the aggregate is zero and
   the state keeps v0.
   """
@@ -184,7 +185,7 @@ def centered_clipping(tau: float = 1.0, iterations: int = 3) -> Aggregator:
     del params, key, extra
     present = stack.present(weights)
     count = jnp.sum(present)
-    center, offsets = _median_centred(updates, present)
+    center, offsets = _anchored(updates, present)
     start = jax.tree.map(lambda v, c: v - c, state, center)
     cross = _inner_products(offsets, start)
     start_sq_norm = stack.sq_norms(jax.tree.map(lambda s: s[None], start))
@@ -436,11 +437,12 @@ def _krum_scores(distances, candidates, f):
   return jnp.where(candidates, scores, jnp.inf)
 
 
-def _median_centred(updates, present):
-  """(median, updates - median) over the present updates; absent rows are
-  zeroed first, so they hold -median and must get coefficient 0."""
+def _anchored(updates, present):
+  """(anchor, updates - anchor) over the present updates (stack.anchor);
+  absent rows are zeroed first, so they hold -anchor and must get
+  coefficient 0."""
   updates = _zero_absent(updates, present)
-  center = stack.coordinate_median(updates, present)
+  center = stack.anchor(updates, present)
   return center, stack.centered(updates, center)
 
 
