@@ -22,6 +22,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_aggregators.py --out docs/bench_aggregators.md
+	$(PY) scripts/bench_aggregators.py --sharded --out docs/bench_aggregators_sharded.md
 
 clean:
 	rm -rf $(VENV) runs

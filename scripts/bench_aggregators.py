@@ -75,8 +75,11 @@ def compiled_rule(rule: str, clients: int, updates, weights):
   return (lambda: fn(updates, weights, state)), fn.memory_analysis()
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int, budget: float = float('inf')) -> float:
+  start = time.perf_counter()
   jax.block_until_ready(fn())
+  if time.perf_counter() - start > budget:  # one more call is all we wait
+    repeats = 1
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -85,21 +88,26 @@ def median_ms(fn, repeats: int) -> float:
   return 1000 * statistics.median(times)
 
 
-def scaling(max_elements: float, repeats: int) -> str:
+def scaling(rules, max_elements: float, repeats: int, budget: float) -> str:
   sizes = [(c, d) for c in CLIENTS for d in DIMENSIONS
            if c * d <= max_elements]
   header = ['rule'] + [f'C={c}, d=1e{int(np.log10(d))}' for c, d in sizes]
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  for rule in RULES:
-    cells = []
+  for rule in rules:
+    cells, too_slow = [], None
     for clients, dimension in sizes:
+      if too_slow and clients * dimension > too_slow:
+        cells.append('slow')
+        continue
       updates, weights = stack(clients, dimension)
       try:
         call, memory = compiled_rule(rule, clients, updates, weights)
       except ConfigError as e:
         cells.append('refused' if 'subsets' in str(e) else 'n/a')
         continue
-      ms = median_ms(call, repeats)
+      ms = median_ms(call, repeats, budget)
+      if ms > 1000 * budget:
+        too_slow = clients * dimension
       temp = memory.temp_size_in_bytes / (clients * dimension * 4)
       cells.append(f'{ms:.1f} ms, {temp:.2f}x')
       print(f'{rule} C={clients} d={dimension}: {cells[-1]}', file=sys.stderr,
@@ -110,7 +118,8 @@ def scaling(max_elements: float, repeats: int) -> str:
       '',
       'cell: median ms per aggregation, then temporary memory as a multiple '
       'of the stack (C x d x 4 bytes); f = C // 10 (Bulyan: at most '
-      '(C - 3) // 4); "refused": MDA\'s C-choose-f subsets exceed its limit. '
+      '(C - 3) // 4); "refused": MDA\'s C-choose-f subsets exceed its limit; '
+      f'"slow": skipped after a smaller stack took over {budget:g} s a call. '
       f'Stacks above {max_elements:.0e} elements are skipped.'])
 
 
@@ -130,8 +139,9 @@ def sharded(clients: int, dimension: int, repeats: int) -> str:
     except ConfigError:
       lines.append(f'| {spec_for(rule, clients)} | n/a | n/a | n/a |')
       continue
-    difference = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-        jax.tree.leaves(single()), jax.tree.leaves(spread())))
+    difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                     for a, b in zip(jax.tree.leaves(single()),
+                                     jax.tree.leaves(spread())))
     lines.append(f'| {spec_for(rule, clients).replace("|", chr(92) + "|")} | '
                  f'{median_ms(single, repeats):.1f} | '
                  f'{median_ms(spread, repeats):.1f} | {difference:.1e} |')
@@ -145,11 +155,18 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--sharded', action='store_true',
                       help='compare 8 emulated devices with one')
+  parser.add_argument('--budget', type=float, default=10.0,
+                      help='seconds: a rule slower than this per call is '
+                      'timed once and not run on larger stacks')
+  parser.add_argument('--rules', default=None,
+                      help='comma-separated indices into RULES (default all)')
   parser.add_argument('--out', help='also write the report to this file')
   args = parser.parse_args()
+  rules = RULES if args.rules is None else [
+      RULES[int(i)] for i in args.rules.split(',')]
   command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
   body = (sharded(128, 10 ** 5, args.repeats) if args.sharded
-          else scaling(args.max_elements, args.repeats))
+          else scaling(rules, args.max_elements, args.repeats, args.budget))
   report = (f'{body}\n\njax {jax.__version__} on {jax.device_count()} '
             f'{jax.devices()[0].platform} device(s)\ncommand: {command}')
   print(report)
