@@ -2,7 +2,7 @@
 
   .venv/bin/python scripts/report.py DIR [--task data.alpha --task data.beta] \
       [--seed_field seed] [--metric final_test_accuracy] [--out OUT] \
-      [--heatmap ROW_FIELD COLUMN_FIELD ...]
+      [--heatmap ROW_FIELD COLUMN_FIELD ...] [--curve METRICS_KEY ...]
 
 Writes summary.md, summary.csv, ranking.md, report.md, test_accuracy.png and
 train_loss.png (and with --heatmap, heatmap.md and heatmap.png) to OUT
@@ -37,13 +37,18 @@ def main() -> None:
                       help='ROW COLUMN [COLUMN ...]: also write heatmap.md '
                       'and heatmap.png of --metric, e.g. --heatmap '
                       'aggregator attack.fraction attack.name')
+  parser.add_argument('--curve', action='append', default=[],
+                      metavar='KEY',
+                      help='also plot this metrics.jsonl key against round '
+                      '(KEY.png), e.g. aggregator.gamma; repeat for several')
   parser.add_argument('--out', default=None,
                       help='output directory (default: DIR/report)')
   args = parser.parse_args()
   try:
     text = report.report(args.sweep_dir, args.out, tasks=args.task,
                          seed_field=args.seed_field, metric=args.metric,
-                         ranking=args.ranking, heatmap=args.heatmap)
+                         ranking=args.ranking, heatmap=args.heatmap,
+                         curves=args.curve)
   except ConfigError as e:
     sys.exit(f'config error: {e}')
   print(text, end='')

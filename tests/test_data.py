@@ -98,7 +98,7 @@ def test_digits_federation():
 def test_uniform_cohort_has_no_repeats():
   participation = uniform(num_clients=50, cohort_size=20)
   for seed in range(5):
-    ids, present = participation.sample(jax.random.PRNGKey(seed))
+    ids, present, _ = participation.sample(jax.random.PRNGKey(seed), (), 0)
     assert len(set(np.asarray(ids).tolist())) == 20
     assert np.asarray(present).all()
     assert 0 <= int(ids.min()) and int(ids.max()) < 50

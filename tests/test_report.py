@@ -302,3 +302,26 @@ def test_heatmap_pivots_rules_against_attack_scenarios(tmp_path):
   with pytest.raises(ConfigError, match="heatmap field 'attack.nam'"):
     report.pivot(report.load_runs(str(tmp_path)), 'aggregator',
                  ['attack.nam'])
+
+
+def test_extra_curves_plot_the_runs_that_log_them(tmp_path):
+  """--curve aggregator.gamma plots FedLAW's gamma for the runs that log it
+  (FedAvg does not); a key nobody logged is an error naming the keys; the
+  final train loss skips rounds where nobody trained (NaN)."""
+  for rule, seed in (('fedlaw', 0), ('fedlaw', 1), ('weighted_mean', 0)):
+    rows = [{'round': r, 'train_loss': 1.0 / r, 'test_accuracy': 0.5,
+             'test_loss': 1.0} for r in (1, 2, 3)]
+    rows[-1]['train_loss'] = float('nan')
+    if rule == 'fedlaw':
+      for r in rows:
+        r['aggregator.gamma'] = 0.9 + 0.01 * seed
+    _write_run(tmp_path / f'{rule}_{seed}',
+               {'aggregator': rule, 'seed': seed}, rows)
+  out = tmp_path / 'out'
+  report.report(str(tmp_path), str(out), curves=['aggregator.gamma'])
+  assert (out / 'aggregator.gamma.png').stat().st_size > 1000
+  runs = report.load_runs(str(tmp_path))
+  assert report.run_metrics(runs[0])['final_train_loss'] == 0.5
+  with pytest.raises(ConfigError, match="curve 'aggregator.gama': no run "
+                     'logged it; keys in metrics.jsonl: aggregator.gamma'):
+    report.report(str(tmp_path), str(out), curves=['aggregator.gama'])

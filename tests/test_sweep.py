@@ -66,21 +66,30 @@ def test_two_by_two_sweep_runs_then_skips(tmp_path):
 
 
 def test_failing_run_does_not_stop_the_others(tmp_path):
-  """8 clients, so a cohort of 99 fails when its run builds; the others,
-  in two worker processes, finish."""
-  grid = sweep.sweep('clients_per_round', [2, 99, 3])
+  """A run whose checkpoint is corrupt fails when it restores (every config
+  error is caught by plan, before anything runs); the others, in two worker
+  processes, finish."""
+  grid = sweep.sweep('clients_per_round', [2, 3, 4])
   runs = sweep.plan(_tiny_digits(), grid, str(tmp_path))
+  corrupt = tmp_path / 'clients_per_round=3' / 'checkpoints' / '2'
+  corrupt.mkdir(parents=True)
+  (corrupt / 'junk').write_text('not a checkpoint')
   result = sweep.execute(runs, jobs=2, progress=False)
   assert sorted(result.finished) == ['clients_per_round=2',
-                                     'clients_per_round=3']
-  assert list(result.failed) == ['clients_per_round=99']
-  assert '1..8' in result.failed['clients_per_round=99']
-  assert 'FAILED clients_per_round=99' in sweep.format_result(result)
-  error = (tmp_path / 'clients_per_round=99' / 'error.txt').read_text()
-  assert 'ConfigError' in error
+                                     'clients_per_round=4']
+  assert list(result.failed) == ['clients_per_round=3']
+  assert 'FAILED clients_per_round=3' in sweep.format_result(result)
+  assert (tmp_path / 'clients_per_round=3' / 'error.txt').read_text()
   for name in result.finished:
     summary = json.loads((tmp_path / name / 'summary.json').read_text())
     assert summary['rounds'] == 2
+
+
+def test_impossible_runs_fail_before_any_starts(tmp_path):
+  grid = sweep.sweep('clients_per_round', [2, 99])
+  with pytest.raises(ConfigError, match=r'clients_per_round=99: .*1\.\.8'):
+    sweep.plan(_tiny_digits(), grid, str(tmp_path))
+  assert not list(tmp_path.iterdir())
 
 
 def _synthetic(rounds=4):

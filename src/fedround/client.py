@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedround.fisher import diagonal_fisher
 from fedround.models import cross_entropy
 from fedround.registry import ConfigError
 
@@ -30,6 +31,12 @@ class ClientResult(NamedTuple):
   num_examples: jax.Array  # n_i, the FedAvg weight
   loss: jax.Array          # mean training loss over the local steps
   steps: jax.Array         # local steps actually taken
+  extras: dict             # what the aggregator needs besides the delta
+
+
+# What a client can send besides its delta, computed at its trained model
+# over all its examples: name -> (apply_fn, params, x, valid) -> pytree.
+CLIENT_OUTPUTS = {'fisher': diagonal_fisher}
 
 
 class Client(NamedTuple):
@@ -47,7 +54,10 @@ class Client(NamedTuple):
 def make_client(apply_fn, optimizer: Callable[[jax.Array],
                                                optax.GradientTransformation], *,
                 batch_size: int, max_examples: int, local_steps: int = 0,
-                local_epochs: int = 0) -> Client:
+                local_epochs: int = 0, objective=cross_entropy,
+                outputs: tuple[str, ...] = ()) -> Client:
+  """``objective(logits, labels, valid) -> scalar`` is the local loss;
+  ``outputs`` names what each client also returns (CLIENT_OUTPUTS)."""
   if batch_size < 1:
     raise ConfigError(f'config.client.batch_size must be a positive integer, '
                       f'got {batch_size}')
@@ -57,6 +67,10 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
         'config.client: set exactly one of local_steps (K > 0) or '
         f'local_epochs (E > 0); got local_steps={local_steps}, '
         f'local_epochs={local_epochs}')
+  unknown = [name for name in outputs if name not in CLIENT_OUTPUTS]
+  if unknown:
+    raise ConfigError(f'config.aggregator needs clients to send {unknown}; '
+                      f'clients can send: {", ".join(CLIENT_OUTPUTS)}')
   batches_per_epoch = math.ceil(max_examples / batch_size)
   num_steps = local_steps or local_epochs * batches_per_epoch
 
@@ -77,7 +91,7 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
     return idx.astype(jnp.int32), valid.astype(jnp.float32)
 
   def loss_fn(params, x, y, valid):
-    return cross_entropy(apply_fn(params, x), y, valid)
+    return objective(apply_fn(params, x), y, valid)
 
   def step(params, opt_state, x, y, valid, learning_rate):
     """One optax step on the valid examples of a batch."""
@@ -111,10 +125,13 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
         lambda carry: carry[0] < steps, body,
         (zero, params, optimizer(learning_rate).init(params),
          zero.astype(jnp.float32)))
+    own = jnp.arange(x_all.shape[1]) < n
     return ClientResult(
         delta=jax.tree.map(jnp.subtract, local, params),
         num_examples=n,
         loss=loss_sum / jnp.maximum(steps, 1),
-        steps=steps)
+        steps=steps,
+        extras={name: CLIENT_OUTPUTS[name](apply_fn, local, x_all[cid], own)
+                for name in outputs})
 
   return Client(batches, step, update, optimizer, num_steps)

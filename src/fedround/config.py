@@ -13,18 +13,25 @@ import ml_collections
 from fedround.registry import ConfigError
 
 
+# config.data keys that are not the data set's own: a server proxy set
+# taken out of the test split, and a validation split out of each client's
+# examples (FederatedData.with_splits). Both default to 0 (none).
+DATA_SPLITS = ('proxy_fraction', 'validation_fraction')
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.rounds = 100
   c.clients_per_round = 10
-  # Data set: a registry name plus that data set's keyword arguments.
+  # Data set: a registry name plus that data set's keyword arguments, and
+  # optionally the splits fedround takes out of it (DATA_SPLITS).
   c.data = ml_collections.ConfigDict({'name': 'synthetic'})
   c.model = 'logistic'
   c.participation = 'uniform'
   c.client = ml_collections.ConfigDict(dict(
       optimizer='sgd', learning_rate=0.01, batch_size=10,
-      local_steps=0, local_epochs=1))
+      local_steps=0, local_epochs=1, loss='cross_entropy'))
   # Pre-aggregators and one rule, joined by '|'.
   c.aggregator = 'weighted_mean'
   # Simulated Byzantine clients: an attack spec (fedround.attacks.ATTACKS)
@@ -68,6 +75,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
         value > 0):
       raise ConfigError(f'config.{field}.learning_rate must be a number > 0, '
+                        f'got {value!r}')
+  for split in DATA_SPLITS:
+    value = config.data.get(split, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        not 0 <= value < 1):
+      raise ConfigError(f'config.data.{split} must be a number in [0, 1), '
                         f'got {value!r}')
   fraction, ids = config.attack.fraction, config.attack.ids
   if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or (

@@ -100,7 +100,10 @@ def failed_runs(sweep_dir: str) -> dict[str, str]:
 
 
 def _last(rows: list[dict], key: str) -> float:
-  return next((r[key] for r in reversed(rows) if key in r), math.nan)
+  """The last finite value of ``key`` (rounds where nobody trained log
+  NaN), or NaN."""
+  return next((r[key] for r in reversed(rows)
+               if key in r and not math.isnan(r[key])), math.nan)
 
 
 def run_metrics(run: Run) -> dict[str, float]:
@@ -111,7 +114,7 @@ def run_metrics(run: Run) -> dict[str, float]:
           (r['test_accuracy'] for r in run.rows if 'test_accuracy' in r),
           default=math.nan),
       'final_test_loss': _last(run.rows, 'test_loss'),
-      'final_train_loss': _last(run.rows[-1:], 'train_loss'),
+      'final_train_loss': _last(run.rows, 'train_loss'),
   }
 
 
@@ -427,9 +430,11 @@ def report(sweep_dir: str, out_dir: str | None = None,
            tasks: Sequence[str] = (), seed_field: str | None = None,
            metric: str = 'final_test_accuracy',
            ranking: str = 'borda',
-           heatmap: Sequence[str] = ()) -> str:
+           heatmap: Sequence[str] = (), curves: Sequence[str] = ()) -> str:
   """Writes summary.md/.csv, ranking.md, report.md and one PNG per CURVES
-  key to ``out_dir`` (default ``sweep_dir/report``); returns report.md.
+  key and per extra ``curves`` key (e.g. 'aggregator.gamma', plotted for
+  the groups that log it) to ``out_dir`` (default ``sweep_dir/report``);
+  returns report.md.
 
   ``heatmap = (row_field, column_field, ...)`` also writes heatmap.md and
   heatmap.png: ``metric`` per row value and column values.
@@ -451,8 +456,13 @@ def report(sweep_dir: str, out_dir: str | None = None,
   ranked = ranking_markdown(groups, metric, ranking)
   with open(os.path.join(out_dir, 'ranking.md'), 'w') as f:
     f.write(ranked + '\n')
-  for key in CURVES:
-    plot_curves(groups, key, os.path.join(out_dir, f'{key}.png'))
+  for key in CURVES + tuple(curves):
+    logged = [g for g in groups
+              if all(any(key in row for row in run.rows) for run in g.runs)]
+    if not logged:
+      raise ConfigError(f'curve {key!r}: no run logged it; keys in '
+                        f'metrics.jsonl: {", ".join(sorted(runs[0].rows[0]))}')
+    plot_curves(logged, key, os.path.join(out_dir, f'{key}.png'))
   sections = [
       f'# Sweep {sweep_dir}: {len(runs)} runs in {len(groups)} groups',
       '## Results\n\nMean ± sample std (ddof=1) over seeds; one seed shows '

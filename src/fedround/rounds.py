@@ -25,6 +25,7 @@ from fedround.server import ServerState, server_step
 
 CLIENTS = 'clients'
 BYZANTINE_STREAM = 0x42595a  # folded into the run's key: who is Byzantine
+PARTICIPATION_STREAM = 0x504152  # the participation model's initial state
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh | None:
@@ -55,6 +56,19 @@ def _tree_all_finite(tree):
   leaves = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
             for x in jax.tree.leaves(tree)]
   return jnp.stack(leaves).all(axis=0)
+
+
+def _rule_diagnostics(agg_state) -> dict:
+  """The float scalars in the aggregator's state (a learned gamma, a mean
+  weight), as metrics named ``aggregator.<path>``."""
+  metrics = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(agg_state)[0]:
+    if jnp.ndim(leaf) == 0 and jnp.issubdtype(jnp.result_type(leaf),
+                                              jnp.floating):
+      name = '.'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(
+          k, 'idx', k)))) for k in path)
+      metrics[f'aggregator.{name}'] = leaf
+  return metrics
 
 
 def _idle_fraction(steps, present):
@@ -97,15 +111,17 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
 
   def sample_cohort(state: ServerState):
     """The round's cohort buffer: ids, presence mask, per-client keys (a
-    client's key depends on the round and its id only) and the rule's key."""
+    client's key depends on the round and its id only), the rule's key and
+    the participation model's next state."""
     key = jax.random.fold_in(state.key, state.round)
     k_sample, k_clients, k_aggregate = jax.random.split(key, 3)
-    ids, present = participation.sample(k_sample)
+    ids, present, participation_state = participation.sample(
+        k_sample, state.participation, state.round)
     pad = buffer - cohort
     ids = jnp.concatenate([ids, jnp.zeros(pad, jnp.int32)])
     present = jnp.concatenate([present, jnp.zeros(pad, bool)])
     keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
-    return ids, present, keys, k_aggregate
+    return ids, present, keys, k_aggregate, participation_state
 
   def zero_unusable(tree, usable):
     return jax.tree.map(
@@ -114,7 +130,8 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
 
   def round_fn(state: ServerState, data: FederatedData):
     traces.append(1)
-    ids, present, keys, k_aggregate = sample_cohort(state)
+    ids, present, keys, k_aggregate, participation_state = sample_cohort(
+        state)
     is_byzantine = byzantine_mask(
         jax.random.fold_in(state.key, BYZANTINE_STREAM), data.num_clients,
         byzantine_fraction, byzantine_ids)
@@ -126,7 +143,10 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
                             state.hparams['client_learning_rate'])
     client_ids = jnp.where(present, ids, -1)
     deltas = results.delta
-    finite = _tree_all_finite(deltas)
+    finite = _tree_all_finite((deltas, results.extras))
+    # What every rule may read besides the stack (see aggregators.base).
+    context = dict(client_ids=client_ids, round=state.round,
+                   **zero_unusable(results.extras, present & finite))
     byzantine = present & is_byzantine[ids]
     if attacked:
       honest = present & ~byzantine & finite
@@ -137,7 +157,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         return aggregator.update(
             zero_unusable(stack, usable), state.agg_state, state.params,
             weights=weights.astype(jnp.float32), key=k_aggregate,
-            client_ids=client_ids)[0]
+            **context)[0]
 
       deltas = attack.apply(zero_unusable(deltas, honest | byzantine),
                             byzantine=byzantine, honest=honest,
@@ -149,25 +169,30 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     weights = jnp.where(usable, results.num_examples, 0).astype(jnp.float32)
     aggregate, agg_state = aggregator.update(
         deltas, state.agg_state, state.params, weights=weights,
-        key=k_aggregate, client_ids=client_ids)
+        key=k_aggregate, **context)
     params, opt_state = server_step(
         server_optimizer(state.hparams['server_learning_rate']), state.params,
         state.opt_state, aggregate)
     trained = usable & ~byzantine  # the honest clients' own training loss
     metrics = dict(
-        train_loss=jnp.sum(jnp.where(trained, results.loss, 0)) / jnp.maximum(
-            jnp.sum(trained), 1),
+        # NaN in a round where nobody trained (a cyclic lull), not 0.
+        train_loss=jnp.where(jnp.any(trained), jnp.sum(
+            jnp.where(trained, results.loss, 0)) / jnp.maximum(
+                jnp.sum(trained), 1), jnp.nan),
         update_norm=optax.tree.norm(aggregate),
         participants=jnp.sum(present),
         nonfinite_excluded=jnp.sum(present & ~finite),
         byzantine=jnp.sum(byzantine),
         idle_step_fraction=_idle_fraction(results.steps, present),
+        **_rule_diagnostics(agg_state),
     )
     new_state = state.replace(round=state.round + 1, params=params,
-                              opt_state=opt_state, agg_state=agg_state)
+                              opt_state=opt_state, agg_state=agg_state,
+                              participation=participation_state)
     return new_state, metrics
 
-  return Round(round_fn, sample_cohort, buffer, traces)
+  return Round(round_fn, lambda state: sample_cohort(state)[:4], buffer,
+               traces)
 
 
 def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):

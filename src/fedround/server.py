@@ -27,21 +27,26 @@ class ServerState:
   opt_state: Any           # server optimizer state
   agg_state: Any           # aggregator state (pre-aggregators and rule)
   client_state: Any        # per-client state, leading axis of all N clients
+  participation: Any       # the participation model's state (e.g. Markov)
   key: jax.Array           # base PRNG key; round t uses fold_in(key, t)
   hparams: dict            # float32 scalars named in TRACED_HPARAMS
 
 
 def init_server_state(params, *, server_optimizer, aggregator, key,
                       client_learning_rate: float,
-                      server_learning_rate: float) -> ServerState:
+                      server_learning_rate: float,
+                      participation_state=()) -> ServerState:
   """Round 0: ``server_optimizer`` is a factory learning_rate -> optax."""
   hparams = {'client_learning_rate': jnp.float32(client_learning_rate),
              'server_learning_rate': jnp.float32(server_learning_rate)}
-  return ServerState(
+  state = ServerState(
       round=jnp.zeros((), jnp.int32), params=params,
       opt_state=server_optimizer(hparams['server_learning_rate']).init(params),
-      agg_state=aggregator.init(params), client_state=(), key=key,
-      hparams=hparams)
+      agg_state=aggregator.init(params), client_state=(),
+      participation=participation_state, key=key, hparams=hparams)
+  # A rule's init may reuse one array for several fields; the round donates
+  # the state, and XLA refuses to donate one buffer twice.
+  return jax.tree.map(jnp.array, state)
 
 
 def server_step(optimizer: optax.GradientTransformation, params, opt_state,

@@ -27,9 +27,10 @@ from fedround.client import Client, make_client
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
 from fedround.models import MODELS
 from fedround.optimizers import build_optimizer
-from fedround.registry import ConfigError, parse_spec
-from fedround.rounds import (Round, make_evaluate, make_mesh, make_round,
-                             make_rounds, replicate)
+from fedround.registry import ConfigError
+from fedround.losses import LOSSES
+from fedround.rounds import (PARTICIPATION_STREAM, Round, make_evaluate,
+                             make_mesh, make_round, make_rounds, replicate)
 from fedround.server import TRACED_HPARAMS, ServerState, init_server_state
 
 
@@ -43,6 +44,7 @@ class Experiment(NamedTuple):
   server_optimizer: Any  # factory learning_rate -> optax transformation
   aggregator: Any
   mesh: Any
+  participation: Any
 
   def init_state(self, config: ml_collections.ConfigDict | None = None
                  ) -> ServerState:
@@ -55,7 +57,9 @@ class Experiment(NamedTuple):
         params, server_optimizer=self.server_optimizer,
         aggregator=self.aggregator, key=run_key,
         client_learning_rate=config.client.learning_rate,
-        server_learning_rate=config.server.learning_rate), self.mesh)
+        server_learning_rate=config.server.learning_rate,
+        participation_state=self.participation.init(
+            jax.random.fold_in(run_key, PARTICIPATION_STREAM))), self.mesh)
 
 
 class RunResult(NamedTuple):
@@ -64,60 +68,114 @@ class RunResult(NamedTuple):
 
 
 def _data_kwargs(config) -> dict:
-  return {k: v for k, v in config.data.items() if k != 'name'}
+  return {k: v for k, v in config.data.items()
+          if k != 'name' and k not in config_lib.DATA_SPLITS}
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-  """The checks of ``build`` that need no data: fields, numbers and the
-  names of every component, so a sweep can vet all its runs up front."""
+_DATA_CACHE: dict[str, FederatedData] = {}
+
+
+def load_data(config: ml_collections.ConfigDict) -> FederatedData:
+  """The federation of ``config.data`` with its splits, cached by config so
+  that vetting a sweep's runs loads each data set once."""
+  key = json.dumps(config.data.to_dict(), sort_keys=True, default=repr)
+  if key not in _DATA_CACHE:
+    data = DATASETS.call(config.data.name, _data_kwargs(config),
+                         'config.data')
+    try:
+      data = data.with_splits(
+          **{s: config.data.get(s, 0.0) for s in config_lib.DATA_SPLITS},
+          seed=config.data.get('seed', 0))
+    except ValueError as e:
+      raise ConfigError(f'config.data: {e}') from None
+    if len(_DATA_CACHE) >= 8:
+      _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+    _DATA_CACHE[key] = data
+  return _DATA_CACHE[key]
+
+
+class _Parts(NamedTuple):
+  data: FederatedData
+  participation: Any
+  model: nn.Module
+  client: Client
+  aggregator: Any
+  server_optimizer: Any
+
+
+def _parts(config: ml_collections.ConfigDict) -> _Parts:
+  """Every part of a run that needs no device, built from the config."""
   config_lib.validate(config)
-  DATASETS.check(config.data.name, _data_kwargs(config), 'config.data')
-  MODELS.check(*parse_spec(config.model, 'config.model'), 'config.model',
-               'num_classes')
-  PARTICIPATION.check(
-      *parse_spec(config.participation, 'config.participation'),
-      'config.participation', 'num_clients', 'cohort_size')
-  build_optimizer(config.client.optimizer, 'config.client.optimizer')
-  build_optimizer(config.server.optimizer, 'config.server.optimizer')
-  build_aggregator(config.aggregator, 'config.aggregator',
-                   num_clients=config.clients_per_round)
-  ATTACKS.build(config.attack.name, 'config.attack.name')
-
-
-def build(config: ml_collections.ConfigDict) -> Experiment:
-  """Validates the config and builds every part; all errors happen here."""
-  check(config)
-  data = DATASETS.call(config.data.name, _data_kwargs(config), 'config.data')
+  data = load_data(config)
   participation = PARTICIPATION.build(
       config.participation, 'config.participation',
-      num_clients=data.num_clients, cohort_size=config.clients_per_round)
+      num_clients=data.num_clients, cohort_size=config.clients_per_round,
+      label_counts=data.label_counts, seed=config.seed)
   model = MODELS.build(config.model, 'config.model',
                        num_classes=data.num_classes)
+  aggregator = build_aggregator(
+      config.aggregator, 'config.aggregator',
+      num_clients=config.clients_per_round, population=data.num_clients,
+      participation=participation, apply_fn=model.apply,
+      proxy=None if data.proxy_y is None else (data.proxy_x, data.proxy_y),
+      validation=None if data.val_n is None else (data.val_x, data.val_y,
+                                                  data.val_n))
+  if 'fisher' in aggregator.needs:
+    _check_probabilistic(config, model, data)
   client = make_client(model.apply,
                        build_optimizer(config.client.optimizer,
                                        'config.client.optimizer'),
                        batch_size=config.client.batch_size,
                        max_examples=data.max_examples,
                        local_steps=config.client.local_steps,
-                       local_epochs=config.client.local_epochs)
-  aggregator = build_aggregator(config.aggregator, 'config.aggregator',
-                                num_clients=config.clients_per_round)
+                       local_epochs=config.client.local_epochs,
+                       objective=LOSSES.build(config.client.loss,
+                                              'config.client.loss'),
+                       outputs=aggregator.needs)
   server_optimizer = build_optimizer(config.server.optimizer,
                                      'config.server.optimizer')
+  ATTACKS.build(config.attack.name, 'config.attack.name')
   if any(i >= data.num_clients for i in config.attack.ids):
     raise ConfigError(f'config.attack.ids: {tuple(config.attack.ids)} names '
                       f'clients beyond the federation; valid ids: 0..'
                       f'{data.num_clients - 1}')
+  return _Parts(data, participation, model, client, aggregator,
+                server_optimizer)
+
+
+def _check_probabilistic(config, model, data) -> None:
+  """The Fisher of p(y|x) needs logits over the classes, one row each."""
+  x = jax.ShapeDtypeStruct((2,) + data.x.shape[2:], jnp.float32)
+  shape = jax.eval_shape(
+      lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x), x).shape
+  if shape != (2, data.num_classes):
+    raise ConfigError(
+        f'config.aggregator {config.aggregator!r} needs each client\'s '
+        'Fisher information of p(y|x), so the model must output logits '
+        f'[batch, {data.num_classes} classes]; config.model '
+        f'{config.model!r} outputs {shape} for a batch of 2')
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Every check of ``build`` (fields, numbers, component names and
+  parameters, against the data), so a sweep can vet all its runs up front."""
+  _parts(config)
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  """Validates the config and builds every part; all errors happen here."""
+  parts = _parts(config)
   mesh = make_mesh() if config.shard else None
-  round_ = make_round(client=client, aggregator=aggregator,
-                      server_optimizer=server_optimizer,
-                      participation=participation, mesh=mesh,
+  round_ = make_round(client=parts.client, aggregator=parts.aggregator,
+                      server_optimizer=parts.server_optimizer,
+                      participation=parts.participation, mesh=mesh,
                       attack=ATTACKS.build(config.attack.name,
                                            'config.attack.name'),
                       byzantine_fraction=config.attack.fraction,
                       byzantine_ids=tuple(config.attack.ids))
-  return Experiment(config, replicate(data, mesh), model, client, round_,
-                    server_optimizer, aggregator, mesh)
+  return Experiment(config, replicate(parts.data, mesh), parts.model,
+                    parts.client, round_, parts.server_optimizer,
+                    parts.aggregator, mesh, parts.participation)
 
 
 # Fields a run may change when it resumes; any other change is a new run.

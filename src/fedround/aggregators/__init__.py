@@ -6,12 +6,22 @@ pre-aggregators and one final rule (see ``base.chain``).
 from __future__ import annotations
 
 from fedround.aggregators.base import Aggregator, PreAggregator, chain, stateless
-from fedround.aggregators import flag, preaggregators, robust, weighted
+from fedround.aggregators import (fedau, fedce, fedlaw, flag, merging,
+                                  preaggregators, robust, weighted)
 from fedround.registry import ConfigError, Registry, parse_spec
 
 AGGREGATORS = Registry('aggregator')
 AGGREGATORS.register('weighted_mean')(weighted.weighted_mean)
 AGGREGATORS.register('mean')(weighted.mean)
+AGGREGATORS.register('fedau')(fedau.fedau)
+AGGREGATORS.register('average_participating')(fedau.average_participating)
+AGGREGATORS.register('average_all')(fedau.average_all)
+AGGREGATORS.register('inverse_probability')(fedau.inverse_probability)
+AGGREGATORS.register('fedlaw')(fedlaw.fedlaw)
+AGGREGATORS.register('fedce')(fedce.fedce)
+AGGREGATORS.register('fisher_merging')(merging.fisher_merging)
+AGGREGATORS.register('variance_corrected')(merging.variance_corrected)
+AGGREGATORS.register('fedld')(merging.fedld)
 AGGREGATORS.register('median')(robust.median)
 AGGREGATORS.register('trimmed_mean')(robust.trimmed_mean)
 AGGREGATORS.register('meamed')(robust.meamed)
@@ -30,11 +40,14 @@ AGGREGATORS.register('arc')(preaggregators.arc)
 
 
 def build_aggregator(spec: str, field: str = 'config.aggregator', /, *,
-                     num_clients: int | None = None) -> Aggregator:
+                     num_clients: int | None = None,
+                     **context) -> Aggregator:
   """Builds ``'pre1(...) | pre2(...) | rule(...)'`` into one Aggregator.
 
   ``num_clients`` (the cohort size) lets each part check its parameters
-  against the number of clients that reach it.
+  against the number of clients that reach it. ``context`` is what
+  fedround knows of the run (population, participation, apply_fn, proxy,
+  validation; see aggregators.base); each factory receives what it names.
   """
   if not isinstance(spec, str):
     raise ConfigError(f'{field}: expected a string such as "weighted_mean" '
@@ -43,9 +56,9 @@ def build_aggregator(spec: str, field: str = 'config.aggregator', /, *,
   built, cohort = [], num_clients
   for i, part in enumerate(parts):
     name, kwargs = parse_spec(part, field)
-    context = {} if num_clients is None else {'num_clients': num_clients}
+    sizes = {} if num_clients is None else {'num_clients': num_clients}
     try:
-      built.append(AGGREGATORS.call(name, kwargs, field, **context))
+      built.append(AGGREGATORS.call(name, kwargs, field, **sizes, **context))
     except ConfigError as e:
       if num_clients == cohort:
         raise

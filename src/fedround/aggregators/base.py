@@ -25,6 +25,9 @@ import jax
 class Aggregator(NamedTuple):
   init: Callable[[Any], Any]
   update: Callable[..., tuple[Any, Any]]
+  # What the rule needs clients to send besides deltas (e.g. 'fisher'); the
+  # round passes each as a keyword of the same name, stacked [C, ...].
+  needs: tuple[str, ...] = ()
 
 
 class PreAggregator(NamedTuple):
@@ -68,4 +71,5 @@ def chain(*parts) -> Aggregator:
         updates, state[-1], params, weights=weights, key=keys[-1], **extra)
     return aggregate, tuple(new_state) + (last_state,)
 
-  return Aggregator(init, update)
+  needs = tuple(dict.fromkeys(n for p in parts for n in getattr(p, 'needs', ())))
+  return Aggregator(init, update, needs)

@@ -1,7 +1,8 @@
 """Federated data sets, partitions and participation models, by name."""
 from fedround.data.digits import digits
 from fedround.data.federated import FederatedData
-from fedround.data.participation import Participation, uniform
+from fedround.data.participation import (Participation, bernoulli, cyclic,
+                                         markov, uniform)
 from fedround.data.synthetic import synthetic
 from fedround.registry import Registry
 
@@ -11,6 +12,9 @@ DATASETS.register('digits')(digits)
 
 PARTICIPATION = Registry('participation model')
 PARTICIPATION.register('uniform')(uniform)
+PARTICIPATION.register('bernoulli')(bernoulli)
+PARTICIPATION.register('markov')(markov)
+PARTICIPATION.register('cyclic')(cyclic)
 
 __all__ = ['DATASETS', 'PARTICIPATION', 'FederatedData', 'Participation',
            'digits', 'synthetic', 'uniform']
