@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from conftest import assert_trees_close
 from fedround.aggregators import fedau as fedau_lib
 from fedround.data.participation import Participation, uniform
+from fedround.rounds import make_mesh
 
 N = 3  # clients in the hand-written federation
 SLOTS = 4  # cohort buffer
@@ -214,8 +215,7 @@ def test_jit_equals_eager():
 
 
 def test_client_sharded_stack_matches_unsharded():
-  mesh = jax.make_mesh((8,), ('clients',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = make_mesh()
   clients = NamedSharding(mesh, P('clients'))
   population, slots = 40, 16
   rng = np.random.default_rng(0)

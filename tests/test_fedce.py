@@ -11,6 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import assert_trees_close
 from fedround.aggregators import fedce as fedce_lib
+from fedround.rounds import make_mesh
 
 DIM, CLASSES, VAL = 3, 3, 6
 
@@ -302,8 +303,7 @@ def test_client_sharded_stack_matches_unsharded():
   updates = random_updates(8, 0)
   weights = np.array([1.0, 2, 0, 3, 4, 0, 5, 6], np.float32)
   client_ids = np.array([9, 1, -1, 3, 4, 5, 6, 0], np.int32)
-  mesh = jax.make_mesh((8,), ('clients',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = make_mesh()
   sharded = jax.device_put((updates, weights, client_ids),
                            NamedSharding(mesh, P('clients')))
   state = rule.init(params)

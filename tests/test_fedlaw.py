@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from conftest import assert_trees_close
 from fedround.aggregators import fedlaw as fedlaw_lib
 from fedround.aggregators import weighted
+from fedround.rounds import make_mesh
 
 DIM, CLASSES = 3, 4
 
@@ -236,8 +237,7 @@ def test_client_sharded_stack_matches_unsharded():
   weights = np.array([1.0, 2, 0, 3, 4, 0, 5, 6], np.float32)
   client_ids = np.array([0, 1, -1, 3, 4, 5, 6, 7], np.int32)
   rule = build(proxy, population=8, steps=30, batch_size=8)
-  mesh = jax.make_mesh((8,), ('clients',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = make_mesh()
   sharded = jax.device_put((updates, weights, client_ids),
                            NamedSharding(mesh, P('clients')))
   assert_trees_close(run(rule, params, *sharded),

@@ -10,6 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import assert_trees_close
 from fedround.aggregators.flag import flag_aggregator
+from fedround.rounds import make_mesh
 
 
 def flag(updates, weights=None, **hyper):
@@ -143,8 +144,7 @@ def test_jit_and_sharded_match_eager():
   aggregate = lambda u, w: rule.update(u, (), weights=w, key=None)[0]
   eager = aggregate(updates, weights)
   assert_trees_close(jax.jit(aggregate)(updates, weights), eager)
-  mesh = jax.make_mesh((8,), ('clients',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = make_mesh()
   sharded = jax.device_put((updates, weights),
                            NamedSharding(mesh, P('clients')))
   assert_trees_close(jax.jit(aggregate)(*sharded), eager)

@@ -14,6 +14,7 @@ from conftest import assert_trees_close
 from fedround.aggregators import merging
 from fedround.fisher import diagonal_fisher
 from fedround.losses import margin_loss
+from fedround.rounds import make_mesh
 
 NUM_CLIENTS = 16
 RULES = ['fisher_merging', 'variance_corrected', 'fedld']
@@ -385,8 +386,7 @@ def test_eager_and_vmapped_agree_with_jitted(name):
 
 @pytest.mark.parametrize('name', RULES)
 def test_client_sharded_stack_matches_unsharded(name):
-  mesh = jax.make_mesh((8,), ('clients',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = make_mesh()
   clients = NamedSharding(mesh, P('clients'))
   updates = random_updates()
   weights = np.ones(NUM_CLIENTS, np.float32)
@@ -488,8 +488,7 @@ def test_diagonal_fisher_vmaps_over_clients_and_handles_empty_clients():
 def test_diagonal_fisher_under_shard_map_matches_vmap():
   # As the round calls it: clients sharded over 8 devices, each device
   # vmapping its clients with device-varying params.
-  mesh = jax.make_mesh((8,), ('clients',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = make_mesh()
   params, x, valid = logistic_data()
   x = jnp.where(valid[:, None], x, 0)
   shifts = jnp.arange(16, dtype=jnp.float32)

@@ -12,6 +12,7 @@ from conftest import assert_trees_close
 from fedround.aggregators.base import chain
 from fedround.aggregators.preaggregators import arc, bucketing, clip, nnm
 from fedround.aggregators.weighted import mean
+from fedround.rounds import make_mesh
 
 KEY = jax.random.PRNGKey(0)
 
@@ -174,8 +175,7 @@ def test_jit_and_sharded_match_eager(pre):
   transform = lambda u, w: pre.update(u, (), weights=w, key=KEY)[0]
   eager = transform(updates, weights)
   assert_trees_close(jax.jit(transform)(updates, weights), eager)
-  mesh = jax.make_mesh((8,), ('clients',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = make_mesh()
   sharded = jax.device_put((updates, weights),
                            NamedSharding(mesh, P('clients')))
   assert_trees_close(jax.jit(transform)(*sharded), eager)

@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import assert_trees_close
 from fedround.aggregators import robust
+from fedround.rounds import make_mesh
 
 ISSUE_CASE = np.array([[1.0, 2, 3], [4, 5, 6], [7, 8, 9]])
 LINE = np.array([[0.0], [1], [3], [7], [20]])
@@ -457,8 +458,7 @@ def test_eager_and_vmapped_agree_with_jitted(name):
 
 @pytest.mark.parametrize('name', RULES)
 def test_client_sharded_stack_matches_unsharded(name):
-  mesh = jax.make_mesh((8,), ('clients',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = make_mesh()
   clients = NamedSharding(mesh, P('clients'))
   updates = random_updates()
   weights = np.ones(NUM_CLIENTS, np.float32)
