@@ -37,8 +37,7 @@ def _replace(updates, byzantine, attack_vector):
 
 
 def _honest_mean(updates, honest):
-  return stack.mean_of(jax.tree.map(
-      lambda u: jnp.where(stack.rows(honest, u), u, 0), updates), honest)
+  return stack.mean_of(stack.zero_absent(updates, honest), honest)
 
 
 def _honest_std(updates, honest, mean):

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedround.aggregators import Aggregator
+from fedround.aggregators.stack import zero_absent
 from fedround.attacks import Attack, byzantine_mask, no_attack
 from fedround.client import Client
 from fedround.data import FederatedData, Participation
@@ -123,11 +124,6 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
     return ids, present, keys, k_aggregate, participation_state
 
-  def zero_unusable(tree, usable):
-    return jax.tree.map(
-        lambda d: jnp.where(usable.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0),
-        tree)
-
   def round_fn(state: ServerState, data: FederatedData):
     traces.append(1)
     ids, present, keys, k_aggregate, participation_state = sample_cohort(
@@ -146,7 +142,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     finite = _tree_all_finite((deltas, results.extras))
     # What every rule may read besides the stack (see aggregators.base).
     context = dict(client_ids=client_ids, round=state.round,
-                   **zero_unusable(results.extras, present & finite))
+                   **zero_absent(results.extras, present & finite))
     byzantine = present & is_byzantine[ids]
     if attacked:
       honest = present & ~byzantine & finite
@@ -155,17 +151,17 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         usable = (honest | byzantine) & _tree_all_finite(stack)
         weights = jnp.where(usable, results.num_examples, 0)
         return aggregator.update(
-            zero_unusable(stack, usable), state.agg_state, state.params,
+            zero_absent(stack, usable), state.agg_state, state.params,
             weights=weights.astype(jnp.float32), key=k_aggregate,
             **context)[0]
 
-      deltas = attack.apply(zero_unusable(deltas, honest | byzantine),
+      deltas = attack.apply(zero_absent(deltas, honest | byzantine),
                             byzantine=byzantine, honest=honest,
                             key=jax.random.fold_in(k_aggregate, 1),
                             aggregate=probe)
       finite = jnp.where(byzantine, _tree_all_finite(deltas), finite)
     usable = present & finite
-    deltas = zero_unusable(deltas, usable)
+    deltas = zero_absent(deltas, usable)
     weights = jnp.where(usable, results.num_examples, 0).astype(jnp.float32)
     aggregate, agg_state = aggregator.update(
         deltas, state.agg_state, state.params, weights=weights,

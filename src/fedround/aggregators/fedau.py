@@ -88,7 +88,7 @@ def fedau(cutoff: int | None = None, *, population: int) -> Aggregator:
     took_part = client_ids >= 0
     omega = fedau_weights(state)[jnp.clip(client_ids, 0, population - 1)]
     usable = stack.present(weights)
-    aggregate = stack.combine(_zero_unusable(updates, usable),
+    aggregate = stack.combine(stack.zero_absent(updates, usable),
                               jnp.where(usable, omega / population, 0.0))
     participated = jnp.zeros(population, bool).at[
         jnp.where(took_part, client_ids, population)].set(True, mode='drop')
@@ -116,7 +116,7 @@ def average_participating() -> Aggregator:
 
   def aggregate(updates, weights):
     usable = stack.present(weights)
-    return stack.mean_of(_zero_unusable(updates, usable), usable)
+    return stack.mean_of(stack.zero_absent(updates, usable), usable)
 
   return stateless(aggregate)
 
@@ -130,7 +130,7 @@ def average_all(population: int) -> Aggregator:
 
   def aggregate(updates, weights):
     usable = stack.present(weights)
-    return stack.combine(_zero_unusable(updates, usable),
+    return stack.combine(stack.zero_absent(updates, usable),
                          usable / population)
 
   return stateless(aggregate)
@@ -161,7 +161,7 @@ def inverse_probability(participation) -> Aggregator:
     usable = stack.present(weights)
     coefficients = jnp.where(
         usable, scale[jnp.clip(client_ids, 0, population - 1)], 0.0)
-    return stack.combine(_zero_unusable(updates, usable), coefficients), state
+    return stack.combine(stack.zero_absent(updates, usable), coefficients), state
 
   return Aggregator(lambda params: (), update)
 
@@ -171,10 +171,6 @@ def _mean_interval(interval_sum, interval_count):
                    interval_sum / jnp.maximum(interval_count, 1),
                    1.0).astype(jnp.float32)
 
-
-def _zero_unusable(updates, usable):
-  return jax.tree.map(lambda u: jnp.where(stack.rows(usable, u), u, 0),
-                      updates)
 
 
 def _check_population(population):

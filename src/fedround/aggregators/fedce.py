@@ -95,8 +95,7 @@ def fedce(population: int, apply_fn: Callable | None = None,
     usable = stack.present(weights) & (client_ids >= 0)
     count = jnp.sum(usable)
     ids = jnp.where(usable, client_ids, 0)
-    updates = jax.tree.map(
-        lambda u: jnp.where(stack.rows(usable, u), u, 0), updates)
+    updates = stack.zero_absent(updates, usable)
 
     rounds = state.rounds[ids] + 1
     newcomer = 1 / jnp.maximum(count, 1)

@@ -111,8 +111,7 @@ def fedlaw(steps: int | None = None, learning_rate: float = 0.01,
     if batches_per_epoch > 1 and key is None:
       raise ValueError('fedlaw draws proxy minibatches: update() needs a key')
     usable = stack.present(weights)
-    updates = jax.tree.map(
-        lambda u: jnp.where(stack.rows(usable, u), u, 0), updates)
+    updates = stack.zero_absent(updates, usable)
     sizes = jnp.where(usable, weights, 0)
 
     def mixture(offsets):  # lambda from d = l - log(n_i / sum n)

@@ -61,8 +61,7 @@ def flag_aggregator(rank: int = 1, iterations: int = 1, lam: float = 0.0,
 
   def aggregate(updates, weights):
     present = stack.present(weights)
-    updates = jax.tree.map(
-        lambda u: jnp.where(stack.rows(present, u), u, 0), updates)
+    updates = stack.zero_absent(updates, present)
     gram = stack.gram(updates)
     norms = jnp.sqrt(jnp.diagonal(gram))
     used = present & (norms > 0)

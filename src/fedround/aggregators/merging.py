@@ -159,8 +159,7 @@ def fedld(keep: float = 0.8) -> Aggregator:
     del params, key, extra
     present = stack.present(weights)
     count = jnp.sum(present)
-    updates = jax.tree.map(
-        lambda u: jnp.where(stack.rows(present, u), u, 0), updates)
+    updates = stack.zero_absent(updates, present)
     mean = stack.mean_of(updates, present)
     # int(keep * n) as Python computes it, for every n the buffer allows.
     kept = jnp.asarray([max(int(keep * n), 1)

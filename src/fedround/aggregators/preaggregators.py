@@ -51,7 +51,7 @@ def nnm(f: int, num_clients: int | None = None) -> PreAggregator:
     # Absent clients sit at +inf, after every present one: never chosen.
     neighbours = (neighbour_rank < count) & present[:, None]
     mixing = neighbours / count
-    return stack.combine(_zero_absent(updates, present), mixing), weights
+    return stack.combine(stack.zero_absent(updates, present), mixing), weights
 
   return _pre_aggregator(transform)
 
@@ -82,7 +82,7 @@ def bucketing(size: int) -> PreAggregator:
     slots = jnp.arange(num_buckets(num_clients))
     members = (bucket[None, :] == slots[:, None]) & present[None, :]
     counts = jnp.sum(members, axis=1)
-    means = stack.combine(_zero_absent(updates, present),
+    means = stack.combine(stack.zero_absent(updates, present),
                           members / jnp.maximum(counts, 1)[:, None])
     return means, (counts > 0).astype(weights.dtype)
 
@@ -130,10 +130,6 @@ def _check_f(name, f, num_clients, reason):
     raise ValueError(f'{name} needs num_clients > f ({reason}), got '
                      f'num_clients={num_clients}, f={f}')
 
-
-def _zero_absent(updates, present):
-  return jax.tree.map(lambda u: jnp.where(stack.rows(present, u), u, 0),
-                      updates)
 
 
 def _clipped(updates, norms, max_norm, present):

@@ -96,7 +96,7 @@ def krum(f: int, num_clients: int | None = None) -> Aggregator:
     present = stack.present(weights)
     scores = _krum_scores(stack.sq_distances(updates, present), present, f)
     chosen = (jnp.arange(len(present)) == jnp.argmin(scores)) & present
-    return stack.combine(_zero_absent(updates, present), chosen)
+    return stack.combine(stack.zero_absent(updates, present), chosen)
 
   return stateless(aggregate)
 
@@ -126,7 +126,7 @@ def multi_krum(f: int, m: int | None = None,
     if m is not None:
       averaged = jnp.minimum(averaged, m)
     selected = (_ranks(scores) < averaged) & present
-    return stack.mean_of(_zero_absent(updates, present), selected)
+    return stack.mean_of(stack.zero_absent(updates, present), selected)
 
   return stateless(aggregate)
 
@@ -305,7 +305,7 @@ def mda(f: int, num_clients: int | None = None,
     smallest = valid & (diameters == jnp.min(diameters))
     best = jnp.argmin(jnp.where(smallest, spreads, jnp.inf))
     selected = kept[best] & present & valid[best]
-    return stack.mean_of(_zero_absent(updates, present), selected)
+    return stack.mean_of(stack.zero_absent(updates, present), selected)
 
   return stateless(aggregate)
 
@@ -335,7 +335,7 @@ def monna(f: int, trusted: int = 0,
       raise ValueError(f'trusted={trusted} is not a client slot: with '
                        f'{len(present)} clients it must be in '
                        f'0..{len(present) - 1}')
-    updates = _zero_absent(updates, present)
+    updates = stack.zero_absent(updates, present)
     pivot = jnp.where(present[trusted], trusted, jnp.argmax(present))
     pivot_update = jax.tree.map(lambda u: u[pivot], updates)
     distances = stack.sq_norms(stack.centered(updates, pivot_update))
@@ -392,10 +392,6 @@ def _clipped_f(f, count):
   return jnp.clip((count - 1) // 2, 0, f)
 
 
-def _zero_absent(updates, present):
-  return jax.tree.map(lambda u: jnp.where(stack.rows(present, u), u, 0),
-                      updates)
-
 
 def _ranks(scores):
   """int[C]: each entry's position in ascending order (ties by index)."""
@@ -441,7 +437,7 @@ def _anchored(updates, present):
   """(anchor, updates - anchor) over the present updates (stack.anchor);
   absent rows are zeroed first, so they hold -anchor and must get
   coefficient 0."""
-  updates = _zero_absent(updates, present)
+  updates = stack.zero_absent(updates, present)
   center = stack.anchor(updates, present)
   return center, stack.centered(updates, center)
 

@@ -36,6 +36,11 @@ def mean_of(updates, selected: jax.Array):
   return combine(updates, selected / jnp.maximum(count, 1))
 
 
+def zero_absent(updates, mask: jax.Array):
+  """The stack with the rows where ``mask`` is False set to zero."""
+  return jax.tree.map(lambda u: jnp.where(rows(mask, u), u, 0), updates)
+
+
 def masked_median(x: jax.Array, mask: jax.Array) -> jax.Array:
   """Per-coordinate median over axis 0 of the rows where ``mask`` is set
   (the mean of the two middle values for an even count; 0 when none)."""
@@ -91,7 +96,7 @@ def robust_gram(updates, mask: jax.Array) -> jax.Array:
   an outlier sits 1e6 away; centring on an honest-scale update keeps the
   honest updates near 0.
   """
-  masked = jax.tree.map(lambda u: jnp.where(rows(mask, u), u, 0), updates)
+  masked = zero_absent(updates, mask)
   return gram(centered(masked, anchor(masked, mask)))
 
 
