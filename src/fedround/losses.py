@@ -45,4 +45,3 @@ def margin_loss(logits, valid, lam: float = 0.03):
   probs = jax.nn.softmax(jnp.where(keep, logits, 0).astype(jnp.float32),
                          axis=-1)
   return lam * jnp.log1p(jnp.sum(jnp.where(keep, probs ** 2, 0)))
-

@@ -101,6 +101,7 @@ class _Parts(NamedTuple):
   client: Client
   aggregator: Any
   server_optimizer: Any
+  attack: Any
 
 
 def _parts(config: ml_collections.ConfigDict) -> _Parts:
@@ -134,13 +135,13 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
                        outputs=aggregator.needs)
   server_optimizer = build_optimizer(config.server.optimizer,
                                      'config.server.optimizer')
-  ATTACKS.build(config.attack.name, 'config.attack.name')
+  attack = ATTACKS.build(config.attack.name, 'config.attack.name')
   if any(i >= data.num_clients for i in config.attack.ids):
     raise ConfigError(f'config.attack.ids: {tuple(config.attack.ids)} names '
                       f'clients beyond the federation; valid ids: 0..'
                       f'{data.num_clients - 1}')
   return _Parts(data, participation, model, client, aggregator,
-                server_optimizer)
+                server_optimizer, attack)
 
 
 def _check_probabilistic(config, model, data) -> None:
@@ -169,8 +170,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   round_ = make_round(client=parts.client, aggregator=parts.aggregator,
                       server_optimizer=parts.server_optimizer,
                       participation=parts.participation, mesh=mesh,
-                      attack=ATTACKS.build(config.attack.name,
-                                           'config.attack.name'),
+                      attack=parts.attack,
                       byzantine_fraction=config.attack.fraction,
                       byzantine_ids=tuple(config.attack.ids))
   return Experiment(config, replicate(parts.data, mesh), parts.model,

@@ -71,5 +71,6 @@ def chain(*parts) -> Aggregator:
         updates, state[-1], params, weights=weights, key=keys[-1], **extra)
     return aggregate, tuple(new_state) + (last_state,)
 
-  needs = tuple(dict.fromkeys(n for p in parts for n in getattr(p, 'needs', ())))
+  needs = tuple(dict.fromkeys(
+      name for part in parts for name in getattr(part, 'needs', ())))
   return Aggregator(init, update, needs)
