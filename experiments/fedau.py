@@ -10,11 +10,14 @@ One run:
       --workdir runs/fedau_one
 
 The grid (participation x rule x 3 seeds, seeds as vmapped replicas), then
-its table and curves (test_accuracy.png, one panel per participation model):
+its table and curves (one panel per participation model) of test accuracy
+and of the global training objective (1/N) sum_i F_i(w) over all N clients:
 
   python scripts/sweep.py --config experiments/fedau.py --workdir runs/fedau \
       --replicas seeds
-  python scripts/report.py runs/fedau --task participation --out runs/fedau/report
+  python scripts/report.py runs/fedau --task participation \
+      --curve global_train_loss --curve aggregator.mean_weight \
+      --out runs/fedau/report
 """
 from fedround.config import base_config, parse_variant
 from fedround.sweep import product, sweep
@@ -46,6 +49,7 @@ def get_config(arg=None):
   config.client.local_epochs = 0
   config.aggregator = RULES[variant.rule]
   config.eval_every = 10
+  config.eval_train = True  # the objective FedAU targets: (1/N) sum_i F_i
   config.checkpoint_every = 100
   return config
 

@@ -3,11 +3,13 @@ factor gamma and the clients' relative weights on a small class-balanced
 proxy set each round. The paper finds the learned gamma < 1 (global weight
 shrinking) and better accuracy than FedAvg. Digits, 50 clients, Dirichlet
 label skew, a proxy set of 5% of the test split (held out of evaluation for
-both rules, so they are scored on the same examples).
+both rules, so they are scored on the same examples), on the CNN with and
+without group normalisation: under a norm layer, scaling a conv layer's
+weights leaves the function unchanged, as under the paper's batch norm.
 
   python scripts/sweep.py --config experiments/fedlaw.py --workdir runs/fedlaw \
       --replicas seeds
-  python scripts/report.py runs/fedlaw --task data.alpha \
+  python scripts/report.py runs/fedlaw --task data.alpha --task model \
       --curve aggregator.gamma --out runs/fedlaw/report
 """
 from fedround.config import base_config, parse_variant
@@ -15,11 +17,11 @@ from fedround.sweep import product, sweep
 
 
 def get_config(arg=None):
-  variant = parse_variant(arg, rule='fedlaw', alpha=0.1)
+  variant = parse_variant(arg, rule='fedlaw', alpha=0.1, norm='none')
   config = base_config()
   config.data = dict(name='digits', num_clients=50, alpha=variant.alpha,
                      seed=0, proxy_fraction=0.05)
-  config.model = 'cnn'
+  config.model = f'cnn(norm={variant.norm!r})'
   config.rounds = 100
   config.clients_per_round = 10
   config.client.optimizer = 'sgd'
@@ -36,5 +38,6 @@ def get_config(arg=None):
 
 def get_sweep():
   return product(sweep('data.alpha', [0.1, 0.5]),
+                 sweep('model', ["cnn(norm='none')", "cnn(norm='group')"]),
                  sweep('aggregator', ['weighted_mean', 'fedlaw']),
                  sweep('seed', [0, 1, 2]))

@@ -154,6 +154,18 @@ def test_sweep_declared_next_to_the_config_expands():
   assert all(r.config.data.alpha == r.config.data.beta for r in runs)
 
 
+@pytest.mark.parametrize('name', sorted(
+    f[:-3] for f in os.listdir(os.path.join(ROOT, 'experiments'))
+    if f.endswith('.py') and f != 'byzantine.py'))  # test_byzantine vets it
+def test_every_experiment_and_its_sweep_configure(name, tmp_path):
+  """Each experiments/*.py config, and every run its get_sweep declares,
+  passes every check train.run makes before training."""
+  grid = sweep.declared_grid(os.path.join(ROOT, 'experiments', f'{name}.py'))
+  module = __import__(name)
+  runs = sweep.plan(module.get_config(), grid, str(tmp_path))
+  assert len(runs) == len(grid)
+
+
 def test_run_names_are_shell_safe_and_distinct():
   assert sweep.run_name({}) == 'base'
   assert sweep.run_name({'aggregator': 'clip(max_norm=10) | krum(f=2)',

@@ -45,6 +45,31 @@ def test_resumed_run_is_bit_identical(tmp_path):
   assert os.path.exists(os.path.join(stopped, 'config.json'))
 
 
+def test_eval_train_scores_the_mean_client_objective(tmp_path):
+  """global_train_loss is (1/N) sum_i of client i's mean loss on its own
+  examples, computed here client by client."""
+  config = _small_synthetic(2)
+  config.eval_train = True
+  result = train.run(config, str(tmp_path))
+  with open(os.path.join(tmp_path, 'metrics.jsonl')) as f:
+    last = [json.loads(line) for line in f][-1]
+  experiment = train.build(config)
+  data, params = train.load_data(config), result.state.params
+  losses, accuracies = [], []
+  for x, y, n in zip(data.x, data.y, data.n):
+    logits = np.asarray(experiment.model.apply(params, x[:n]), np.float64)
+    log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(
+        1, keepdims=True)) - logits.max(1, keepdims=True)
+    losses.append(-log_p[np.arange(n), y[:n]].mean())
+    accuracies.append((logits.argmax(1) == y[:n]).mean())
+  assert last['global_train_loss'] == pytest.approx(np.mean(losses),
+                                                    rel=1e-5)
+  assert last['global_train_accuracy'] == pytest.approx(np.mean(accuracies))
+  # Sample-weighted and client-uniform means differ on this skewed data.
+  pooled = np.average(losses, weights=data.n)
+  assert abs(pooled - np.mean(losses)) > 1e-3
+
+
 def test_default_jobs_reach_their_stated_accuracy(tmp_path):
   """The figures the README states for `make run` and the digits job."""
   config = fedavg_synthetic.get_config()

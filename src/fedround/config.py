@@ -41,6 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.server = ml_collections.ConfigDict(dict(optimizer='sgd',
                                             learning_rate=1.0))
   c.eval_every = 10
+  # Also evaluate the global model on every client's training examples
+  # (global_train_loss / _accuracy: the mean over the N clients of each
+  # client's mean, the objective FedAU targets); costs a pass over the data.
+  c.eval_train = False
   c.checkpoint_every = 50
   c.shard = True  # shard the client axis when there is more than one device
   c.progress = True

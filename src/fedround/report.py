@@ -28,6 +28,9 @@ METRICS = {
     'best_test_accuracy': True,
     'final_test_loss': False,
     'final_train_loss': False,
+    # With config.eval_train: the global model on all N clients' own data.
+    'final_global_train_loss': False,
+    'final_global_train_accuracy': True,
 }
 DEFAULT_SEED_FIELD = 'seed'
 ALL_RUNS = '(all)'  # the one task when there are no task fields
@@ -115,6 +118,9 @@ def run_metrics(run: Run) -> dict[str, float]:
           default=math.nan),
       'final_test_loss': _last(run.rows, 'test_loss'),
       'final_train_loss': _last(run.rows, 'train_loss'),
+      'final_global_train_loss': _last(run.rows, 'global_train_loss'),
+      'final_global_train_accuracy': _last(run.rows,
+                                           'global_train_accuracy'),
   }
 
 
@@ -204,13 +210,16 @@ def _mean_pm_std(mean: float, std: float) -> str:
 
 
 def markdown_table(groups: list[Group]) -> str:
-  """One row per group: seeds and mean ± std of every METRICS entry."""
-  header = ['task', 'method', 'seeds', *METRICS]
+  """One row per group: seeds and mean ± std of every METRICS entry that
+  some run logged."""
+  metrics = [m for m in METRICS
+             if any(not math.isnan(g.mean[m]) for g in groups)]
+  header = ['task', 'method', 'seeds', *metrics]
   lines = ['| ' + ' | '.join(header) + ' |',
            '|' + '---|' * len(header)]
   for g in groups:
     cells = [g.task, g.method, len(g.runs),
-             *(_mean_pm_std(g.mean[m], g.std[m]) for m in METRICS)]
+             *(_mean_pm_std(g.mean[m], g.std[m]) for m in metrics)]
     lines.append('| ' + ' | '.join(map(_cell, cells)) + ' |')
   return '\n'.join(lines)
 

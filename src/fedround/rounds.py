@@ -214,27 +214,50 @@ def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):
   return jax.jit(run, donate_argnums=0)
 
 
+def _per_example(apply_fn, params, x, y, batch_size):
+  """Negative log-likelihood and correctness of every row of ``x``,
+  computed in batches of ``batch_size``."""
+  total = x.shape[0]
+  pad = -total % batch_size
+  xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+  yp = jnp.concatenate([y, jnp.zeros(pad, y.dtype)])
+
+  def body(_, batch):
+    bx, by = batch
+    logits = apply_fn(params, bx)
+    return None, (negative_log_likelihood(logits, by),
+                  (jnp.argmax(logits, -1) == by).astype(jnp.float32))
+
+  shape = lambda a: a.reshape((-1, batch_size) + a.shape[1:])
+  _, (nll, correct) = jax.lax.scan(body, None, (shape(xp), shape(yp)))
+  return nll.reshape(-1)[:total], correct.reshape(-1)[:total]
+
+
 def make_evaluate(apply_fn, batch_size: int = 1024):
   """jit(params, x, y) -> (loss, accuracy) over a test split, in batches."""
 
   def evaluate(params, x, y):
-    total = x.shape[0]
-    pad = -total % batch_size
-    xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-    yp = jnp.concatenate([y, jnp.zeros(pad, y.dtype)])
-    valid = jnp.arange(total + pad) < total
+    nll, correct = _per_example(apply_fn, params, x, y, batch_size)
+    return jnp.mean(nll), jnp.mean(correct)
 
-    def body(carry, batch):
-      bx, by, bv = batch
-      logits = apply_fn(params, bx)
-      nll = negative_log_likelihood(logits, by)
-      correct = jnp.argmax(logits, -1) == by
-      return (carry[0] + jnp.sum(nll * bv),
-              carry[1] + jnp.sum(correct * bv)), None
+  return jax.jit(evaluate)
 
-    shape = lambda a: a.reshape((-1, batch_size) + a.shape[1:])
-    (loss, correct), _ = jax.lax.scan(
-        body, (0.0, 0.0), (shape(xp), shape(yp), shape(valid)))
-    return loss / total, correct / total
+
+def make_evaluate_clients(apply_fn, batch_size: int = 1024):
+  """jit(params, x [N, max_n, ...], y, n) -> (loss, accuracy) of the global
+  model on the clients' own training examples: each client's mean over its
+  n_i examples, averaged uniformly over the N clients. That is the training
+  objective f(w) = (1/N) sum_i F_i(w) which FedAU (Wang & Ji, ICLR 2024)
+  targets and which averaging only the participants can drift from."""
+
+  def evaluate(params, x, y, n):
+    num_clients, max_n = y.shape
+    nll, correct = _per_example(apply_fn, params,
+                                x.reshape((-1,) + x.shape[2:]),
+                                y.reshape(-1), batch_size)
+    own = jnp.arange(max_n) < n[:, None]
+    per_client = lambda v: jnp.sum(
+        jnp.where(own, v.reshape(num_clients, max_n), 0), 1) / jnp.maximum(n, 1)
+    return jnp.mean(per_client(nll)), jnp.mean(per_client(correct))
 
   return jax.jit(evaluate)

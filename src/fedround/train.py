@@ -30,7 +30,8 @@ from fedround.optimizers import build_optimizer
 from fedround.registry import ConfigError
 from fedround.losses import LOSSES
 from fedround.rounds import (PARTICIPATION_STREAM, Round, make_evaluate,
-                             make_mesh, make_round, make_rounds, replicate)
+                             make_evaluate_clients, make_mesh, make_round,
+                             make_rounds, replicate)
 from fedround.server import TRACED_HPARAMS, ServerState, init_server_state
 
 
@@ -179,8 +180,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
 
 # Fields a run may change when it resumes; any other change is a new run.
-RESUMABLE_CHANGES = ('rounds', 'eval_every', 'checkpoint_every', 'shard',
-                     'progress')
+RESUMABLE_CHANGES = ('rounds', 'eval_every', 'eval_train', 'checkpoint_every',
+                     'shard', 'progress')
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:
@@ -320,8 +321,11 @@ def _train(experiment: Experiment, configs, workdirs,
               config.rounds)
   rounds_fn = make_rounds(experiment.round.fn, chunk, replicas)
   evaluate = make_evaluate(experiment.model.apply)
+  evaluate_clients = make_evaluate_clients(experiment.model.apply)
   if replicas:
     evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
+    evaluate_clients = jax.jit(jax.vmap(evaluate_clients,
+                                        in_axes=(0, None, None, None)))
   data = experiment.data
 
   t0 = time.perf_counter()
@@ -339,15 +343,20 @@ def _train(experiment: Experiment, configs, workdirs,
     round_ += active
     evaluated = round_ % config.eval_every == 0 or round_ == config.rounds
     if evaluated:
-      test_loss, test_accuracy = jax.device_get(
-          evaluate(state.params, data.test_x, data.test_y))
+      scores = {'test': evaluate(state.params, data.test_x, data.test_y)}
+      if config.eval_train:
+        scores['global_train'] = evaluate_clients(state.params, data.x,
+                                                  data.y, data.n)
+      scores = jax.device_get(scores)
     for r, log in enumerate(logs):
       rows = [{'round': round_ - active + i + 1,
                **{k: float(unstack(v[i], r)) for k, v in metrics.items()}}
               for i in range(active)]
       if evaluated:
-        log.last_eval = {'test_loss': float(unstack(test_loss, r)),
-                         'test_accuracy': float(unstack(test_accuracy, r))}
+        log.last_eval = {
+            f'{split}_{name}': float(unstack(value, r))
+            for split, values in scores.items()
+            for name, value in zip(('loss', 'accuracy'), values)}
         rows[-1].update(log.last_eval)
         log.best = np.nanmax([log.best, log.last_eval['test_accuracy']])
       log.write(rows)
