@@ -172,7 +172,6 @@ def _mean_interval(interval_sum, interval_count):
                    1.0).astype(jnp.float32)
 
 
-
 def _check_population(population):
   if (not isinstance(population, (int, np.integer))
       or isinstance(population, bool) or population < 1):

@@ -1,0 +1,113 @@
+"""Soups of the clients' fine-tuned models during a run (scripts/soup.py):
+end to end with resumption, each metric against a hand computation, and bad
+input."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import fisher
+from conftest import assert_trees_close
+from fedround import train
+from fedround.client_soups import (METHODS, client_models, make_soup_metrics,
+                                   run_soups, soup_stages, stage_key)
+from fedround.registry import ConfigError
+from fedround.rounds import make_evaluate
+
+
+def tiny_soup_config(rounds=3):
+  """Digits over 6 clients, logistic regression, a proxy set."""
+  config = fisher.get_config()
+  config.data = dict(name='digits', num_clients=6, alpha=0.5, seed=0,
+                     proxy_fraction=0.1)
+  config.model = 'logistic'
+  config.rounds = rounds
+  config.clients_per_round = 3
+  config.client.local_steps = 5
+  config.aggregator = 'weighted_mean'
+  config.eval_every = 1
+  config.checkpoint_every = 1
+  config.progress = False
+  return config
+
+
+def read_rows(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_run_soups_end_to_end_and_resumes(tmp_path):
+  rows = run_soups(tiny_soup_config(rounds=3), str(tmp_path), every=2,
+                   seeds=[0, 1])
+  assert [(r['seed'], r['round']) for r in rows] == [
+      (0, 2), (0, 3), (1, 2), (1, 3)]
+  assert read_rows(tmp_path / 'soups.jsonl') == rows
+  for row in rows:
+    assert row['greedy_soup_proxy_accuracy'] >= (
+        row['best_single_proxy_accuracy'])
+    assert 1 <= row['greedy_soup_ingredients'] <= 6
+    metrics = read_rows(tmp_path / f'seed_{row["seed"]}' / 'metrics.jsonl')
+    logged = next(m for m in metrics if m['round'] == row['round'])
+    np.testing.assert_allclose(row['global_test_accuracy'],
+                               logged['test_accuracy'], atol=1e-6)
+  assert (tmp_path / 'soups.png').stat().st_size > 0
+  table = (tmp_path / 'soups.md').read_text()
+  assert all(f'| {m} |' in table for m in METHODS) and 'Round 3, 2' in table
+
+  # A rerun skips the stages done and redoes a lost one identically.
+  with open(tmp_path / 'soups.jsonl', 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows[:-1])
+  again = run_soups(tiny_soup_config(rounds=3), str(tmp_path), every=2,
+                    seeds=[0, 1])
+  assert again == rows
+  assert read_rows(tmp_path / 'soups.jsonl') == rows
+
+
+def test_soup_metrics_of_the_client_models():
+  config = tiny_soup_config()
+  experiment = train.build(config)
+  params = experiment.init_state().params  # placed on the mesh
+  on_host = experiment._replace(data=train.load_data(config))
+  models_of = jax.jit(lambda p, k: client_models(on_host, p, k))
+  models = models_of(jax.device_get(params), stage_key(0, 2))
+  assert jax.tree.leaves(models)[0].shape[0] == 6
+  assert_trees_close(models_of(jax.device_get(params), stage_key(0, 2)),
+                     models, atol=0, rtol=0)
+  other = models_of(jax.device_get(params), stage_key(0, 3))
+  assert not np.allclose(jax.tree.leaves(other)[0],
+                         jax.tree.leaves(models)[0])
+
+  metrics = make_soup_metrics(experiment)(params, stage_key(0, 2))
+  evaluate = make_evaluate(experiment.model.apply)
+  data = on_host.data
+  test = lambda p: float(evaluate(p, data.test_x, data.test_y)[1])
+  proxy = [float(evaluate(jax.tree.map(lambda m: m[i], models), data.proxy_x,
+                          data.proxy_y)[1]) for i in range(6)]
+  best = jax.tree.map(lambda m: m[int(np.argmax(proxy))], models)
+  expected = {
+      'global_test_accuracy': test(params),
+      'uniform_soup_test_accuracy': test(
+          jax.tree.map(lambda m: np.mean(m, 0), models)),
+      'best_single_proxy_accuracy': max(proxy),
+      'best_single_test_accuracy': test(best),
+      'mean_client_proxy_accuracy': np.mean(proxy)}
+  for name, value in expected.items():
+    np.testing.assert_allclose(metrics[name], value, atol=1e-6, err_msg=name)
+  assert metrics['greedy_soup_proxy_accuracy'] >= max(proxy)
+
+
+def test_run_soups_rejects_bad_input(tmp_path):
+  config = tiny_soup_config()
+  config.data.proxy_fraction = 0.0
+  with pytest.raises(ConfigError, match='proxy_fraction must be > 0'):
+    run_soups(config, str(tmp_path), every=2, seeds=[0])
+  for every in (0, -1, 1.5):
+    with pytest.raises(ConfigError, match='every must be a positive integer'):
+      run_soups(tiny_soup_config(), str(tmp_path), every=every, seeds=[0])
+  for seeds in ([], [0, 0]):
+    with pytest.raises(ConfigError, match='seeds must be distinct integers'):
+      run_soups(tiny_soup_config(), str(tmp_path), every=2, seeds=seeds)
+  assert soup_stages(10, 4) == [4, 8, 10] and soup_stages(3, 5) == [3]
+  assert not os.listdir(tmp_path)
