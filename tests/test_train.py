@@ -45,6 +45,24 @@ def test_resumed_run_is_bit_identical(tmp_path):
   assert os.path.exists(os.path.join(stopped, 'config.json'))
 
 
+def test_resume_refuses_a_changed_config_but_not_a_new_default_field(
+    tmp_path):
+  train.run(_small_synthetic(2), str(tmp_path))
+  path = os.path.join(tmp_path, 'config.json')
+  with open(path) as f:
+    saved = json.load(f)
+  del saved['client']['algorithm']  # a run from before the field existed
+  with open(path, 'w') as f:
+    json.dump(saved, f)
+  assert train.run(_small_synthetic(4), str(tmp_path)).summary[
+      'resumed_from'] == 2
+  changed = _small_synthetic(6)
+  changed.client.algorithm = 'scaffold'
+  with pytest.raises(ConfigError, match='differs in client.algorithm; only '
+                     'rounds'):
+    train.run(changed, str(tmp_path))
+
+
 def test_eval_train_scores_the_mean_client_objective(tmp_path):
   """global_train_loss is (1/N) sum_i of client i's mean loss on its own
   examples, computed here client by client."""

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedround.client_algorithms import ClientAlgorithm, fedavg
 from fedround.fisher import diagonal_fisher
 from fedround.models import cross_entropy
 from fedround.registry import ConfigError
@@ -32,6 +33,8 @@ class ClientResult(NamedTuple):
   loss: jax.Array          # mean training loss over the local steps
   steps: jax.Array         # local steps actually taken
   extras: dict             # what the aggregator needs besides the delta
+  own: Any                 # the client's algorithm state after training
+  optimizer_state: Any     # its optimizer state, when the algorithm keeps it
 
 
 # What a client can send besides its delta, computed at its trained model
@@ -45,19 +48,24 @@ class Client(NamedTuple):
   step: Callable     # (params, opt_state, x, y, valid, learning_rate)
                      #   -> (params, opt_state, loss); call it only on
                      #   batches with a valid example
-  update: Callable   # (params, x_all, y_all, n_all, cid, key, learning_rate)
-                     #   -> ClientResult
+  update: Callable   # (params, x_all, y_all, n_all, cid, key, learning_rate,
+                     #   own=(), shared=(), optimizer_state=()) -> ClientResult
   optimizer: Callable[[jax.Array], optax.GradientTransformation]
   num_steps: int     # K, the longest schedule any client can have
+  algorithm: ClientAlgorithm
 
 
 def make_client(apply_fn, optimizer: Callable[[jax.Array],
                                                optax.GradientTransformation], *,
                 batch_size: int, max_examples: int, local_steps: int = 0,
                 local_epochs: int = 0, objective=cross_entropy,
-                outputs: tuple[str, ...] = ()) -> Client:
+                outputs: tuple[str, ...] = (),
+                algorithm: ClientAlgorithm | None = None) -> Client:
   """``objective(logits, labels, valid) -> scalar`` is the local loss;
-  ``outputs`` names what each client also returns (CLIENT_OUTPUTS)."""
+  ``outputs`` names what each client also returns (CLIENT_OUTPUTS);
+  ``algorithm`` changes each step's gradient and keeps state
+  (fedround.client_algorithms; default plain FedAvg)."""
+  algorithm = algorithm or fedavg()
   if batch_size < 1:
     raise ConfigError(f'config.client.batch_size must be a positive integer, '
                       f'got {batch_size}')
@@ -93,15 +101,26 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
   def loss_fn(params, x, y, valid):
     return objective(apply_fn(params, x), y, valid)
 
-  def step(params, opt_state, x, y, valid, learning_rate):
-    """One optax step on the valid examples of a batch."""
+  def corrected_step(params, opt_state, x, y, valid, learning_rate,
+                     direction):
+    """One optax step along ``direction(grads, params)``; also returns
+    the raw gradient."""
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y, valid)
-    updates, opt_state = optimizer(learning_rate).update(grads, opt_state,
-                                                          params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    updates, opt_state = optimizer(learning_rate).update(
+        direction(grads, params), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, grads
 
-  def update(params, x_all, y_all, n_all, cid, key, learning_rate):
-    """Trains client ``cid`` of the federation arrays [N, max_n, ...]."""
+  def step(params, opt_state, x, y, valid, learning_rate):
+    """One plain optax step on the valid examples of a batch."""
+    return corrected_step(params, opt_state, x, y, valid, learning_rate,
+                          lambda grads, params: grads)[:3]
+
+  def update(params, x_all, y_all, n_all, cid, key, learning_rate, own=(),
+             shared=(), optimizer_state=()):
+    """Trains client ``cid`` of the federation arrays [N, max_n, ...]
+    from the global ``params``, with its algorithm state ``own``, the
+    server's ``shared`` state and (when the algorithm keeps it) its
+    ``optimizer_state``."""
     n = n_all[cid]
     idx, valid = batches(key, n)
     if local_steps:  # gather only the K * B rows this client will read
@@ -111,27 +130,41 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
       x, y = x_all[cid], y_all[cid]
     steps = local_steps or local_epochs * ((n + batch_size - 1) // batch_size)
 
+    direction = lambda grads, local: algorithm.direction(
+        grads, local, params, own, shared)
+
     def body(carry):
-      k, p, s, loss_sum = carry
-      p, s, loss = step(p, s, x[idx[k]], y[idx[k]], valid[k], learning_rate)
-      return k + 1, p, s, loss_sum + loss
+      k, p, s, loss_sum, grad_sum = carry
+      p, s, loss, grads = corrected_step(p, s, x[idx[k]], y[idx[k]],
+                                         valid[k], learning_rate, direction)
+      if algorithm.needs_mean_gradient:
+        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      return k + 1, p, s, loss_sum + loss, grad_sum
 
     # A while loop, not a scan: under vmap it runs to the cohort's longest
     # schedule rather than the federation's, so small cohorts idle less.
     # Counters start from n so that they share its sharding (under shard_map
     # a literal 0 would be device-invariant while the loop makes it vary).
     zero = jnp.zeros_like(n)
-    _, local, _, loss_sum = jax.lax.while_loop(
+    if not algorithm.keeps_optimizer_state:
+      optimizer_state = optimizer(learning_rate).init(params)
+    grad_sum = (jax.tree.map(jnp.zeros_like, params)
+                if algorithm.needs_mean_gradient else ())
+    _, local, optimizer_state, loss_sum, grad_sum = jax.lax.while_loop(
         lambda carry: carry[0] < steps, body,
-        (zero, params, optimizer(learning_rate).init(params),
-         zero.astype(jnp.float32)))
-    own = jnp.arange(x_all.shape[1]) < n
+        (zero, params, optimizer_state, zero.astype(jnp.float32), grad_sum))
+    mean_gradient = jax.tree.map(lambda g: g / jnp.maximum(steps, 1),
+                                 grad_sum)
+    mine = jnp.arange(x_all.shape[1]) < n
     return ClientResult(
         delta=jax.tree.map(jnp.subtract, local, params),
         num_examples=n,
         loss=loss_sum / jnp.maximum(steps, 1),
         steps=steps,
-        extras={name: CLIENT_OUTPUTS[name](apply_fn, local, x_all[cid], own)
-                for name in outputs})
+        extras={name: CLIENT_OUTPUTS[name](apply_fn, local, x_all[cid], mine)
+                for name in outputs},
+        own=algorithm.finish(own, mean_gradient),
+        optimizer_state=(optimizer_state if algorithm.keeps_optimizer_state
+                         else ()))
 
-  return Client(batches, step, update, optimizer, num_steps)
+  return Client(batches, step, update, optimizer, num_steps, algorithm)

@@ -31,7 +31,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.participation = 'uniform'
   c.client = ml_collections.ConfigDict(dict(
       optimizer='sgd', learning_rate=0.01, batch_size=10,
-      local_steps=0, local_epochs=1, loss='cross_entropy'))
+      local_steps=0, local_epochs=1, loss='cross_entropy',
+      # What clients do besides plain local training, and keep across
+      # rounds (fedround.client_algorithms): fedprox(mu=0.01), scaffold,
+      # fedavg_m(beta=0.1), scaffold_m(beta=0.1), diloco.
+      algorithm='fedavg'))
   # Pre-aggregators and one rule, joined by '|'.
   c.aggregator = 'weighted_mean'
   # Simulated Byzantine clients: an attack spec (fedround.attacks.ATTACKS)

@@ -20,6 +20,7 @@ from fedround.aggregators import Aggregator
 from fedround.aggregators.stack import zero_absent
 from fedround.attacks import Attack, byzantine_mask, no_attack
 from fedround.client import Client
+from fedround.client_algorithms import ClientState
 from fedround.data import FederatedData, Participation
 from fedround.models import negative_log_likelihood
 from fedround.server import ServerState, server_step
@@ -80,6 +81,26 @@ def _idle_fraction(steps, present):
   return (budget - jnp.sum(steps)) / budget
 
 
+def _update_client_state(algorithm, store: ClientState, ids, usable,
+                         own_before, results, aggregate, learning_rate,
+                         population) -> ClientState:
+  """Scatters the usable clients' new rows into the store (the others
+  keep theirs) and lets the algorithm update the server-side state; a
+  round with no usable client changes nothing."""
+  target = jnp.where(usable, ids, population)  # out of range: dropped
+  scatter = lambda store, new: jax.tree.map(
+      lambda s, x: s.at[target].set(x, mode='drop'), store, new)
+  steps = jnp.sum(jnp.where(usable, results.steps, 0)) / jnp.maximum(
+      jnp.sum(usable), 1)
+  shared = algorithm.update_shared(
+      store.shared, own_before, results.own, usable, aggregate,
+      learning_rate * jnp.maximum(steps, 1), population)
+  shared = jax.tree.map(lambda new, old: jnp.where(jnp.any(usable), new, old),
+                        shared, store.shared)
+  return ClientState(shared, scatter(store.own, results.own),
+                     scatter(store.optimizer, results.optimizer_state))
+
+
 def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
                participation: Participation, mesh: Mesh | None = None,
                attack: Attack | None = None, byzantine_fraction: float = 0.0,
@@ -96,18 +117,22 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
   # Every client reads the (replicated) federation arrays and gathers its
   # own rows, so each device gathers only the rows of its own clients.
   vmapped = jax.vmap(client.update,
-                     in_axes=(None, None, None, None, 0, 0, None))
+                     in_axes=(None, None, None, None, 0, 0, None, 0, None, 0))
   if mesh is None:
     train_clients = vmapped
   else:
-    def per_device(params, x, y, n, ids, keys, learning_rate):
+    def per_device(params, x, y, n, ids, keys, learning_rate, own, shared,
+                   optimizer_state):
       # Replicated params would make grads implicitly psum'ed across devices.
-      params = jax.lax.pcast(params, CLIENTS, to='varying')
-      return vmapped(params, x, y, n, ids, keys, learning_rate)
+      params, shared = jax.lax.pcast((params, shared), CLIENTS, to='varying')
+      return vmapped(params, x, y, n, ids, keys, learning_rate, own, shared,
+                     optimizer_state)
     spec = P(CLIENTS)
     train_clients = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(P(), P(), P(), P(), spec, spec, P()),
+        per_device, mesh=mesh,
+        in_specs=(P(), P(), P(), P(), spec, spec, P(), spec, P(), spec),
         out_specs=spec)
+  algorithm = client.algorithm
   traces = []
 
   def sample_cohort(state: ServerState):
@@ -135,11 +160,17 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     if attack.flips_labels:
       labels = jnp.where(is_byzantine[:, None], data.num_classes - 1 - labels,
                          labels)
+    store = state.client_state
+    rows = lambda tree: jax.tree.map(lambda x: x[ids], tree)
+    own_before = rows(store.own)
+    client_learning_rate = state.hparams['client_learning_rate']
     results = train_clients(state.params, data.x, labels, data.n, ids, keys,
-                            state.hparams['client_learning_rate'])
+                            client_learning_rate, own_before, store.shared,
+                            rows(store.optimizer))
     client_ids = jnp.where(present, ids, -1)
     deltas = results.delta
-    finite = _tree_all_finite((deltas, results.extras))
+    finite = _tree_all_finite((deltas, results.extras, results.own,
+                               results.optimizer_state))
     # What every rule may read besides the stack (see aggregators.base).
     context = dict(client_ids=client_ids, round=state.round,
                    **zero_absent(results.extras, present & finite))
@@ -169,6 +200,9 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     params, opt_state = server_step(
         server_optimizer(state.hparams['server_learning_rate']), state.params,
         state.opt_state, aggregate)
+    client_state = _update_client_state(
+        algorithm, store, ids, usable, own_before, results, aggregate,
+        client_learning_rate, data.num_clients)
     trained = usable & ~byzantine  # the honest clients' own training loss
     metrics = dict(
         # NaN in a round where nobody trained (a cyclic lull), not 0.
@@ -184,6 +218,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     )
     new_state = state.replace(round=state.round + 1, params=params,
                               opt_state=opt_state, agg_state=agg_state,
+                              client_state=client_state,
                               participation=participation_state)
     return new_state, metrics
 

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedround.client_algorithms import ClientState
+
 # Numeric config fields the round reads from ``ServerState.hparams`` rather
 # than from its closure: runs that differ only in them (or in the seed) share
 # one compiled round and can run as vmapped replicas.
@@ -35,14 +37,17 @@ class ServerState:
 def init_server_state(params, *, server_optimizer, aggregator, key,
                       client_learning_rate: float,
                       server_learning_rate: float,
-                      participation_state=()) -> ServerState:
-  """Round 0: ``server_optimizer`` is a factory learning_rate -> optax."""
+                      participation_state=(),
+                      client_state=ClientState((), (), ())) -> ServerState:
+  """Round 0: ``server_optimizer`` is a factory learning_rate -> optax;
+  ``client_state`` is the clients' (client_algorithms.init_client_state;
+  the default is plain FedAvg's, which keeps nothing)."""
   hparams = {'client_learning_rate': jnp.float32(client_learning_rate),
              'server_learning_rate': jnp.float32(server_learning_rate)}
   state = ServerState(
       round=jnp.zeros((), jnp.int32), params=params,
       opt_state=server_optimizer(hparams['server_learning_rate']).init(params),
-      agg_state=aggregator.init(params), client_state=(),
+      agg_state=aggregator.init(params), client_state=client_state,
       participation=participation_state, key=key, hparams=hparams)
   # A rule's init may reuse one array for several fields; the round donates
   # the state, and XLA refuses to donate one buffer twice.

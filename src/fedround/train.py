@@ -24,6 +24,7 @@ from fedround import config as config_lib
 from fedround.aggregators import build_aggregator
 from fedround.attacks import ATTACKS
 from fedround.client import Client, make_client
+from fedround.client_algorithms import CLIENT_ALGORITHMS, init_client_state
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
 from fedround.models import MODELS
 from fedround.optimizers import build_optimizer
@@ -54,11 +55,15 @@ class Experiment(NamedTuple):
     config = config or self.config
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
     params = self.model.init(init_key, jnp.asarray(self.data.x[0, :1]))
+    client_state = init_client_state(self.client.algorithm, params,
+                                     self.data.num_clients,
+                                     self.client.optimizer)
     return replicate(init_server_state(
         params, server_optimizer=self.server_optimizer,
         aggregator=self.aggregator, key=run_key,
         client_learning_rate=config.client.learning_rate,
         server_learning_rate=config.server.learning_rate,
+        client_state=client_state,
         participation_state=self.participation.init(
             jax.random.fold_in(run_key, PARTICIPATION_STREAM))), self.mesh)
 
@@ -133,7 +138,10 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
                        local_epochs=config.client.local_epochs,
                        objective=LOSSES.build(config.client.loss,
                                               'config.client.loss'),
-                       outputs=aggregator.needs)
+                       outputs=aggregator.needs,
+                       algorithm=CLIENT_ALGORITHMS.build(
+                           config.client.algorithm,
+                           'config.client.algorithm'))
   server_optimizer = build_optimizer(config.server.optimizer,
                                      'config.server.optimizer')
   attack = ATTACKS.build(config.attack.name, 'config.attack.name')
@@ -202,6 +210,9 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   with open(path) as f:
     saved = _flatten(json.load(f))
   now = _flatten(json.loads(config.to_json_best_effort()))
+  # A field added to fedround after the run started had its default then.
+  defaults = _flatten(json.loads(config_lib.base_config().to_json()))
+  saved = {**{k: v for k, v in defaults.items() if k in now}, **saved}
   changed = sorted(k for k in saved.keys() | now.keys()
                    if saved.get(k) != now.get(k)
                    and k not in RESUMABLE_CHANGES)

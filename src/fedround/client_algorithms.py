@@ -1,0 +1,205 @@
+"""What a client does besides plain local training, and the state it keeps
+across rounds (ALGORITHMS.md section 5), chosen by ``config.client.algorithm``.
+
+A ``ClientAlgorithm`` changes the gradient of every local step
+(``direction``), may keep state for each of the N clients (``init_own``,
+``finish``; the round gathers the cohort's rows by client id and scatters
+them back) and state the server broadcasts to every client
+(``init_shared``, ``update_shared``). With ``keeps_optimizer_state`` the
+client's optimizer state also persists between its rounds (DiLoCo).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedround.registry import ConfigError, Registry
+
+CLIENT_ALGORITHMS = Registry('client algorithm')
+
+
+class ClientState(NamedTuple):
+  """``shared``: what the server broadcasts (a control variate, a global
+  momentum). ``own``: every client's own state, leading axis N.
+  ``optimizer``: every client's optimizer state, leading axis N, or ()."""
+  shared: Any
+  own: Any
+  optimizer: Any
+
+
+class ClientAlgorithm(NamedTuple):
+  """The hooks local training and the round call; see the module doc.
+
+  init_own(params) -> one client's state (the store stacks N of them).
+  init_shared(params) -> the server-side state.
+  direction(grad, local, global_params, own, shared) -> the gradient the
+    client's optimizer steps along.
+  finish(own, mean_gradient) -> the client's state after its training;
+    ``mean_gradient`` is the mean raw gradient over its local iterates.
+  update_shared(shared, own_before, own_after, usable, aggregate,
+    step_scale, population) -> the server-side state for the next round;
+    ``own_*`` are the cohort's rows [C, ...], ``usable`` bool[C], and
+    ``step_scale`` = eta * K, the client learning rate times the local
+    steps, so that -aggregate / step_scale is the mean local direction.
+  """
+  init_own: Callable
+  init_shared: Callable
+  direction: Callable
+  finish: Callable
+  update_shared: Callable
+  keeps_optimizer_state: bool = False
+  needs_mean_gradient: bool = False
+
+
+def _none(params):
+  del params
+  return ()
+
+
+def _keep(own, mean_gradient):
+  del mean_gradient
+  return own
+
+
+def _unchanged(shared, *args):
+  del args
+  return shared
+
+
+def _check_unit(name: str, value, algorithm: str) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+      0 < value <= 1):
+    raise ConfigError(f'{algorithm}: {name} must be in (0, 1] (1 = no '
+                      f'momentum), got {value!r}')
+
+
+def _zeros(params):
+  return jax.tree.map(jnp.zeros_like, params)
+
+
+def _control_update(c, own_before, own_after, usable, population):
+  """c + (1/N) sum over the usable cohort of (c_i new - c_i old)."""
+  def leaf(c, before, after):
+    change = jnp.where(usable.reshape((-1,) + (1,) * (after.ndim - 1)),
+                       after - before, 0)
+    return c + jnp.sum(change, axis=0) / population
+  return jax.tree.map(leaf, c, own_before, own_after)
+
+
+def _global_direction(aggregate, step_scale):
+  """(1/(eta K)) * mean_i (w - w_i): the mean local direction, from the
+  aggregated delta."""
+  return jax.tree.map(lambda a: -a / step_scale, aggregate)
+
+
+@CLIENT_ALGORITHMS.register('fedavg')
+def fedavg() -> ClientAlgorithm:
+  """Plain local training (McMahan et al., AISTATS 2017)."""
+  return ClientAlgorithm(_none, _none,
+                         lambda grad, local, global_, own, shared: grad,
+                         _keep, _unchanged)
+
+
+@CLIENT_ALGORITHMS.register('fedprox')
+def fedprox(mu: float = 0.01) -> ClientAlgorithm:
+  """FedProx (Li et al., MLSys 2020): the local loss plus
+  (mu/2) ||w - w_global||^2, whose gradient adds mu (w - w_global)."""
+  if isinstance(mu, bool) or not isinstance(mu, (int, float)) or mu < 0:
+    raise ConfigError(f'fedprox: mu (the proximal weight) must be a number '
+                      f'>= 0, got {mu!r}')
+
+  def direction(grad, local, global_params, own, shared):
+    return jax.tree.map(lambda g, w, w0: g + mu * (w - w0), grad, local,
+                        global_params)
+
+  return ClientAlgorithm(_none, _none, direction, _keep, _unchanged)
+
+
+@CLIENT_ALGORITHMS.register('fedavg_m')
+def fedavg_m(beta: float = 0.1) -> ClientAlgorithm:
+  """FedAvg-M (Cheng et al., "Momentum Benefits Non-IID Federated Learning
+  Simply and Provably", ICLR 2024): every local step moves along
+  beta * grad + (1 - beta) g, where g = (1/(eta |S| K)) sum_i (w - w_i) is
+  the last round's mean local direction, broadcast by the server (zero
+  before the first round). beta = 1 is FedAvg. The server step stays
+  w + lr * aggregate, which is the paper's w - gamma g with gamma =
+  lr * eta * K."""
+  _check_unit('beta', beta, 'fedavg_m')
+
+  def direction(grad, local, global_params, own, g):
+    return jax.tree.map(lambda d, m: beta * d + (1 - beta) * m, grad, g)
+
+  def update_shared(g, own_before, own_after, usable, aggregate, step_scale,
+                    population):
+    return _global_direction(aggregate, step_scale)
+
+  return ClientAlgorithm(_none, _zeros, direction, _keep, update_shared)
+
+
+class ScaffoldShared(NamedTuple):
+  control: Any     # c, the server's control variate
+  momentum: Any    # g, the last round's mean local direction (SCAFFOLD-M)
+
+
+@CLIENT_ALGORITHMS.register('scaffold_m')
+def scaffold_m(beta: float = 0.1) -> ClientAlgorithm:
+  """SCAFFOLD-M (Cheng et al., ICLR 2024): every local step moves along
+  beta (grad - c_i + c) + (1 - beta) g, with g as in ``fedavg_m``. After
+  training, c_i = (1/K) sum_k grad at its local iterates, and the server
+  sets c <- c + (1/N) sum_{i in S} (c_i new - c_i old). beta = 1 is
+  SCAFFOLD. State: c and g on the server, c_i for all N clients (zero at
+  the start)."""
+  _check_unit('beta', beta, 'scaffold_m')
+
+  def direction(grad, local, global_params, c_i, shared):
+    return jax.tree.map(
+        lambda d, ci, c, m: beta * (d - ci + c) + (1 - beta) * m, grad, c_i,
+        shared.control, shared.momentum)
+
+  def update_shared(shared, own_before, own_after, usable, aggregate,
+                    step_scale, population):
+    return ScaffoldShared(
+        _control_update(shared.control, own_before, own_after, usable,
+                        population),
+        _global_direction(aggregate, step_scale) if beta < 1
+        else shared.momentum)
+
+  return ClientAlgorithm(
+      _zeros, lambda params: ScaffoldShared(_zeros(params), _zeros(params)),
+      direction, lambda c_i, mean_gradient: mean_gradient, update_shared,
+      needs_mean_gradient=True)
+
+
+@CLIENT_ALGORITHMS.register('scaffold')
+def scaffold() -> ClientAlgorithm:
+  """SCAFFOLD (Karimireddy et al., ICML 2020), with c_i the mean gradient
+  over the local iterates: SCAFFOLD-M with beta = 1."""
+  return scaffold_m(beta=1.0)
+
+
+@CLIENT_ALGORITHMS.register('diloco')
+def diloco() -> ClientAlgorithm:
+  """DiLoCo's inner loop (Douillard et al., "DiLoCo: Distributed
+  Low-Communication Training of Language Models", 2023): the client's
+  optimizer (AdamW in the paper: ``config.client.optimizer = 'adamw'``)
+  keeps its state between the client's rounds. Pair it with the outer
+  optimizer, SGD with Nesterov momentum (``config.server.optimizer``)."""
+  return ClientAlgorithm(_none, _none,
+                         lambda grad, local, global_, own, shared: grad,
+                         _keep, _unchanged, keeps_optimizer_state=True)
+
+
+def init_client_state(algorithm: ClientAlgorithm, params, population: int,
+                      optimizer: Callable[[Any], optax.GradientTransformation]
+                      ) -> ClientState:
+  """Round 0's ClientState: one row of own and optimizer state per client."""
+  stack = lambda tree: jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (population,) + jnp.shape(x)), tree)
+  return ClientState(
+      shared=algorithm.init_shared(params),
+      own=stack(algorithm.init_own(params)),
+      optimizer=stack(optimizer(jnp.float32(1)).init(params))
+      if algorithm.keeps_optimizer_state else ())
