@@ -19,7 +19,7 @@ from fedround.client import make_client
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_client_state
 from fedround.data import FederatedData, uniform
 from fedround.registry import ConfigError
-from fedround.rounds import make_mesh, make_round, replicate
+from fedround.rounds import make_mesh, make_round, make_rounds, replicate
 from fedround.server import init_server_state
 
 DIM = 3
@@ -55,9 +55,9 @@ def quadratic_federation(num_clients=4, seed=0):
   return data, optima, curvature, optimum
 
 
-def run_rounds(algorithm, data, rounds, *, cohort=None, local_steps=5,
-               learning_rate=0.1, mesh=None):
-  """``rounds`` jitted rounds; returns the states after each."""
+def build(algorithm, data, *, cohort=None, local_steps=5,
+          learning_rate=0.1, mesh=None):
+  """The round and its initial state on the quadratic federation."""
   model = Point()
   algorithm = CLIENT_ALGORITHMS.build(algorithm, 'algorithm')
   client = make_client(model.apply, optax.sgd, batch_size=2,
@@ -77,7 +77,13 @@ def run_rounds(algorithm, data, rounds, *, cohort=None, local_steps=5,
       server_learning_rate=1.0,
       client_state=init_client_state(algorithm, params, num_clients,
                                      optax.sgd))
-  state, data = replicate(state, mesh), replicate(data, mesh)
+  return round_, replicate(state, mesh)
+
+
+def run_rounds(algorithm, data, rounds, mesh=None, **kwargs):
+  """``rounds`` jitted rounds; returns (cohort ids, state) after each."""
+  round_, state = build(algorithm, data, mesh=mesh, **kwargs)
+  data = replicate(data, mesh)
   step = jax.jit(round_.fn)
   states = []
   for _ in range(rounds):
@@ -86,6 +92,17 @@ def run_rounds(algorithm, data, rounds, *, cohort=None, local_steps=5,
     states.append((np.asarray(cohort_ids), state))
   assert len(round_.traces) == 1
   return states
+
+
+def test_rounds_past_num_active_leave_the_store_alone():
+  """make_rounds skips rounds past num_active without copying the store;
+  the store must still come out as after the active rounds only."""
+  data, *_ = quadratic_federation(num_clients=6)
+  one = run_rounds('scaffold', data, 1, cohort=3)[-1][1]
+  round_, state = build('scaffold', data, cohort=3)
+  scanned, _ = make_rounds(round_.fn, 3)(state, data, jnp.int32(1))
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(scanned)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def numpy_scaffold_m(optima, curvature, cohorts, beta, local_steps, lr):

@@ -35,15 +35,22 @@ def base_config() -> ml_collections.ConfigDict:
       # What clients do besides plain local training, and keep across
       # rounds (fedround.client_algorithms): fedprox(mu=0.01), scaffold,
       # fedavg_m(beta=0.1), scaffold_m(beta=0.1), diloco.
-      algorithm='fedavg'))
+      algorithm='fedavg',
+      # The learning rate's multiplier over rounds (optimizers.SCHEDULES):
+      # constant, cosine(rounds), warmup_cosine(warmup, rounds), step(every),
+      # exponential(rate).
+      schedule='constant'))
   # Pre-aggregators and one rule, joined by '|'.
   c.aggregator = 'weighted_mean'
   # Simulated Byzantine clients: an attack spec (fedround.attacks.ATTACKS)
   # and who attacks: a fraction of the N clients or explicit client ids.
   c.attack = ml_collections.ConfigDict(dict(name='none', fraction=0.0,
                                             ids=()))
+  # The optimizer on the pseudo-gradient -aggregate (optimizers.OPTIMIZERS):
+  # sgd at 1.0 is FedAvg; fedavgm, fedadam, fedyogi, fedadagrad, diloco.
   c.server = ml_collections.ConfigDict(dict(optimizer='sgd',
-                                            learning_rate=1.0))
+                                            learning_rate=1.0,
+                                            schedule='constant'))
   c.eval_every = 10
   # Also evaluate the global model on every client's training examples
   # (global_train_loss / _accuracy: the mean over the N clients of each

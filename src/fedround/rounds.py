@@ -104,12 +104,18 @@ def _update_client_state(algorithm, store: ClientState, ids, usable,
 def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
                participation: Participation, mesh: Mesh | None = None,
                attack: Attack | None = None, byzantine_fraction: float = 0.0,
-               byzantine_ids: tuple[int, ...] = ()) -> Round:
+               byzantine_ids: tuple[int, ...] = (),
+               client_schedule=None, server_schedule=None) -> Round:
   """``server_optimizer`` is a factory learning_rate -> optax transformation;
-  both learning rates come from ``state.hparams``. The Byzantine clients
+  both learning rates come from ``state.hparams``, each times its schedule
+  (round -> multiplier, optimizers.build_schedule; default constant) of
+  the rounds completed. The Byzantine clients
   (``byzantine_ids``, or a ``byzantine_fraction`` of the federation drawn
   from the run's key) replace their updates by ``attack``'s."""
   attack = attack or no_attack()
+  constant = lambda round_: jnp.float32(1)
+  client_schedule = client_schedule or constant
+  server_schedule = server_schedule or constant
   attacked = bool(byzantine_ids) or byzantine_fraction > 0
   num_devices = 1 if mesh is None else mesh.size
   cohort = participation.cohort_size
@@ -149,7 +155,10 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
     return ids, present, keys, k_aggregate, participation_state
 
-  def round_fn(state: ServerState, data: FederatedData):
+  def round_fn(state: ServerState, data: FederatedData, active=True):
+    """One round; with ``active`` False (a traced bool) the per-client
+    store is left as it was, so ``make_rounds`` can skip a round without
+    copying the store."""
     traces.append(1)
     ids, present, keys, k_aggregate, participation_state = sample_cohort(
         state)
@@ -163,7 +172,10 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     store = state.client_state
     rows = lambda tree: jax.tree.map(lambda x: x[ids], tree)
     own_before = rows(store.own)
-    client_learning_rate = state.hparams['client_learning_rate']
+    client_learning_rate = (state.hparams['client_learning_rate']
+                            * client_schedule(state.round))
+    server_learning_rate = (state.hparams['server_learning_rate']
+                            * server_schedule(state.round))
     results = train_clients(state.params, data.x, labels, data.n, ids, keys,
                             client_learning_rate, own_before, store.shared,
                             rows(store.optimizer))
@@ -198,11 +210,11 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         deltas, state.agg_state, state.params, weights=weights,
         key=k_aggregate, **context)
     params, opt_state = server_step(
-        server_optimizer(state.hparams['server_learning_rate']), state.params,
+        server_optimizer(server_learning_rate), state.params,
         state.opt_state, aggregate)
     client_state = _update_client_state(
-        algorithm, store, ids, usable, own_before, results, aggregate,
-        client_learning_rate, data.num_clients)
+        algorithm, store, ids, usable & active, own_before, results,
+        aggregate, client_learning_rate, data.num_clients)
     trained = usable & ~byzantine  # the honest clients' own training loss
     metrics = dict(
         # NaN in a round where nobody trained (a cyclic lull), not 0.
@@ -211,6 +223,8 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
                 jnp.sum(trained), 1), jnp.nan),
         update_norm=optax.tree.norm(aggregate),
         participants=jnp.sum(present),
+        client_learning_rate=client_learning_rate,
+        server_learning_rate=server_learning_rate,
         nonfinite_excluded=jnp.sum(present & ~finite),
         byzantine=jnp.sum(byzantine),
         idle_step_fraction=_idle_fraction(results.steps, present),
@@ -236,13 +250,23 @@ def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):
   the data; metrics come back as [rounds, replicas].
   """
   if replicas:
-    round_fn = jax.vmap(round_fn, in_axes=(0, None))
+    round_fn = jax.vmap(round_fn, in_axes=(0, None, None))
+
+  def without_store(state):
+    return state.replace(client_state=state.client_state._replace(
+        own=(), optimizer=()))
 
   def run(state, data, num_active):
     def body(state, t):
-      new_state, metrics = round_fn(state, data)
-      state = jax.tree.map(lambda a, b: jnp.where(t < num_active, a, b),
-                           new_state, state)
+      active = t < num_active
+      new_state, metrics = round_fn(state, data, active)
+      # The round already left the per-client store alone when inactive;
+      # selecting it here too would copy all N rows every round.
+      kept = jax.tree.map(lambda a, b: jnp.where(active, a, b),
+                          without_store(new_state), without_store(state))
+      store = new_state.client_state
+      state = kept.replace(client_state=kept.client_state._replace(
+          own=store.own, optimizer=store.optimizer))
       return state, metrics
     return jax.lax.scan(body, state, jnp.arange(rounds_per_call))
 

@@ -27,7 +27,7 @@ from fedround.client import Client, make_client
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_client_state
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
 from fedround.models import MODELS
-from fedround.optimizers import build_optimizer
+from fedround.optimizers import build_optimizer, build_schedule
 from fedround.registry import ConfigError
 from fedround.losses import LOSSES
 from fedround.rounds import (PARTICIPATION_STREAM, Round, make_evaluate,
@@ -108,6 +108,8 @@ class _Parts(NamedTuple):
   aggregator: Any
   server_optimizer: Any
   attack: Any
+  client_schedule: Any
+  server_schedule: Any
 
 
 def _parts(config: ml_collections.ConfigDict) -> _Parts:
@@ -149,8 +151,11 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
     raise ConfigError(f'config.attack.ids: {tuple(config.attack.ids)} names '
                       f'clients beyond the federation; valid ids: 0..'
                       f'{data.num_clients - 1}')
+  schedules = [build_schedule(config[side].schedule,
+                              f'config.{side}.schedule')
+               for side in ('client', 'server')]
   return _Parts(data, participation, model, client, aggregator,
-                server_optimizer, attack)
+                server_optimizer, attack, *schedules)
 
 
 def _check_probabilistic(config, model, data) -> None:
@@ -181,7 +186,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       participation=parts.participation, mesh=mesh,
                       attack=parts.attack,
                       byzantine_fraction=config.attack.fraction,
-                      byzantine_ids=tuple(config.attack.ids))
+                      byzantine_ids=tuple(config.attack.ids),
+                      client_schedule=parts.client_schedule,
+                      server_schedule=parts.server_schedule)
   return Experiment(config, replicate(parts.data, mesh), parts.model,
                     parts.client, round_, parts.server_optimizer,
                     parts.aggregator, mesh, parts.participation)
