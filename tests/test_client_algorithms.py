@@ -19,7 +19,8 @@ from fedround.client import make_client
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_client_state
 from fedround.data import FederatedData, uniform
 from fedround.registry import ConfigError
-from fedround.rounds import make_mesh, make_round, make_rounds, replicate
+from fedround.rounds import (make_mesh, make_round, make_rounds, place_state,
+                             replicate)
 from fedround.server import init_server_state
 
 DIM = 3
@@ -77,7 +78,7 @@ def build(algorithm, data, *, cohort=None, local_steps=5,
       server_learning_rate=1.0,
       client_state=init_client_state(algorithm, params, num_clients,
                                      optax.sgd))
-  return round_, replicate(state, mesh)
+  return round_, place_state(state, mesh, num_clients)
 
 
 def run_rounds(algorithm, data, rounds, mesh=None, **kwargs):
@@ -185,7 +186,7 @@ def test_scaffold_reaches_the_optimum_where_fedavg_drifts():
 
 def _small(rounds, algorithm, **client):
   config = fedavg_synthetic.get_config()
-  config.data.num_clients = 12
+  config.data.num_clients = 16  # the store splits over the 8 devices
   config.clients_per_round = 5
   config.rounds = rounds
   config.eval_every = 2
@@ -220,6 +221,21 @@ def test_client_state_resumes_bit_exactly(algorithm, client, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_replicas_with_client_state_equal_separate_runs(tmp_path):
+  configs = []
+  for seed in (0, 1):
+    config = _small(3, 'scaffold_m(beta=0.5)')
+    config.seed = seed
+    configs.append(config)
+  together = train.run_replicas(configs, [str(tmp_path / f'r{s}')
+                                          for s in (0, 1)])
+  for config, result in zip(configs, together):
+    alone = train.run(config, str(tmp_path / f'alone{config.seed}'))
+    assert_trees_close(result.state.client_state, alone.state.client_state,
+                       atol=1e-5)
+    assert_trees_close(result.state.params, alone.state.params, atol=1e-5)
+
+
 def test_sharded_equals_unsharded():
   data, *_ = quadratic_federation(num_clients=8)
   mesh = make_mesh()
@@ -229,6 +245,9 @@ def test_sharded_equals_unsharded():
                     mesh=mesh)[-1][1]
   assert_trees_close(one.params, many.params, atol=1e-6)
   assert_trees_close(one.client_state, many.client_state, atol=1e-6)
+  # The store stays split over the devices: 8 clients, one row each.
+  rows = many.client_state.own['params']['w'].addressable_shards
+  assert len(rows) == 8 and rows[0].data.shape == (1, DIM)
 
 
 def test_non_finite_client_leaves_the_store_untouched():

@@ -47,6 +47,28 @@ def replicate(tree, mesh: Mesh | None):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def store_sharding(mesh: Mesh | None, population: int, replicas: bool = False):
+  """Where the per-client store lives: its client axis split over the mesh
+  (each device holds N / devices rows) when the devices divide N, else on
+  every device. ``replicas`` puts a replica axis first."""
+  if mesh is None or population % mesh.size:
+    return None if mesh is None else NamedSharding(mesh, P())
+  return NamedSharding(mesh, P(None, CLIENTS) if replicas else P(CLIENTS))
+
+
+def place_state(state: ServerState, mesh: Mesh | None, population: int,
+                replicas: bool = False) -> ServerState:
+  """Replicates the server state over the mesh, except the per-client
+  store, which is split by ``store_sharding``."""
+  store = state.client_state
+  placed = replicate(state.replace(client_state=store._replace(
+      own=(), optimizer=())), mesh)
+  sharding = store_sharding(mesh, population, replicas)
+  own, optimizer = jax.device_put((store.own, store.optimizer), sharding)
+  return placed.replace(client_state=placed.client_state._replace(
+      own=own, optimizer=optimizer))
+
+
 class Round(NamedTuple):
   fn: Callable[[ServerState, FederatedData], tuple[ServerState, dict]]
   cohort: Callable  # state -> (ids, present, client_keys, aggregate_key)
@@ -215,6 +237,12 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     client_state = _update_client_state(
         algorithm, store, ids, usable & active, own_before, results,
         aggregate, client_learning_rate, data.num_clients)
+    sharding = store_sharding(mesh, data.num_clients)
+    if sharding is not None:  # keep the store split as place_state put it
+      client_state = client_state._replace(
+          own=jax.lax.with_sharding_constraint(client_state.own, sharding),
+          optimizer=jax.lax.with_sharding_constraint(client_state.optimizer,
+                                                     sharding))
     trained = usable & ~byzantine  # the honest clients' own training loss
     metrics = dict(
         # NaN in a round where nobody trained (a cyclic lull), not 0.

@@ -50,8 +50,14 @@ def init_server_state(params, *, server_optimizer, aggregator, key,
       agg_state=aggregator.init(params), client_state=client_state,
       participation=participation_state, key=key, hparams=hparams)
   # A rule's init may reuse one array for several fields; the round donates
-  # the state, and XLA refuses to donate one buffer twice.
-  return jax.tree.map(jnp.array, state)
+  # the state, and XLA refuses to donate one buffer twice. The client store
+  # (N rows per leaf, built fresh by init_client_state) is not copied: at
+  # scale a second copy would double the peak memory.
+  store = state.client_state
+  state = jax.tree.map(jnp.array, state.replace(client_state=store._replace(
+      own=(), optimizer=())))
+  return state.replace(client_state=state.client_state._replace(
+      own=store.own, optimizer=store.optimizer))
 
 
 def server_step(optimizer: optax.GradientTransformation, params, opt_state,

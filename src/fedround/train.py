@@ -32,7 +32,7 @@ from fedround.registry import ConfigError
 from fedround.losses import LOSSES
 from fedround.rounds import (PARTICIPATION_STREAM, Round, make_evaluate,
                              make_evaluate_clients, make_mesh, make_round,
-                             make_rounds, replicate)
+                             make_rounds, place_state, replicate)
 from fedround.server import TRACED_HPARAMS, ServerState, init_server_state
 
 
@@ -58,14 +58,15 @@ class Experiment(NamedTuple):
     client_state = init_client_state(self.client.algorithm, params,
                                      self.data.num_clients,
                                      self.client.optimizer)
-    return replicate(init_server_state(
+    return place_state(init_server_state(
         params, server_optimizer=self.server_optimizer,
         aggregator=self.aggregator, key=run_key,
         client_learning_rate=config.client.learning_rate,
         server_learning_rate=config.server.learning_rate,
         client_state=client_state,
         participation_state=self.participation.init(
-            jax.random.fold_in(run_key, PARTICIPATION_STREAM))), self.mesh)
+            jax.random.fold_in(run_key, PARTICIPATION_STREAM))), self.mesh,
+        self.data.num_clients)
 
 
 class RunResult(NamedTuple):
@@ -327,8 +328,9 @@ def _train(experiment: Experiment, configs, workdirs,
   for log in logs:
     log.open(start)
   if replicas:
-    state = replicate(jax.tree.map(lambda *xs: jnp.stack(xs), *states),
-                      experiment.mesh)
+    state = place_state(jax.tree.map(lambda *xs: jnp.stack(xs), *states),
+                        experiment.mesh, experiment.data.num_clients,
+                        replicas=True)
     unstack = lambda tree, r: jax.tree.map(lambda x: x[r], tree)
   else:
     state = states[0]
