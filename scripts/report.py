@@ -1,8 +1,8 @@
 """Summarises a sweep directory (one sub-directory per run) and ranks methods.
 
   .venv/bin/python scripts/report.py DIR [--task data.alpha --task data.beta] \
-      [--seed_field seed] [--metric final_test_accuracy] [--out OUT] \
-      [--heatmap ROW_FIELD COLUMN_FIELD ...] [--curve METRICS_KEY ...]
+      [--seed_field seed] [--metric final_test_accuracy] [--target 0.8] \
+      [--out OUT] [--heatmap ROW_FIELD COLUMN_FIELD ...] [--curve METRICS_KEY ...]
 
 Writes summary.md, summary.csv, ranking.md, report.md, test_accuracy.png and
 train_loss.png (and with --heatmap, heatmap.md and heatmap.png) to OUT
@@ -30,6 +30,9 @@ def main() -> None:
                       f'{report.DEFAULT_SEED_FIELD!r} when runs override it)')
   parser.add_argument('--metric', default='final_test_accuracy',
                       help=f'ranking metric: {", ".join(report.METRICS)}')
+  parser.add_argument('--target', type=float, default=None,
+                      help='a test accuracy: adds rounds_to_target (the '
+                      'first evaluated round at or above it) to the table')
   parser.add_argument('--ranking', default='borda',
                       help=f'ranking rule: {", ".join(report.RANKINGS)}')
   parser.add_argument('--heatmap', nargs='+', default=(),
@@ -47,7 +50,8 @@ def main() -> None:
   try:
     text = report.report(args.sweep_dir, args.out, tasks=args.task,
                          seed_field=args.seed_field, metric=args.metric,
-                         ranking=args.ranking, heatmap=args.heatmap,
+                         ranking=args.ranking, target=args.target,
+                         heatmap=args.heatmap,
                          curves=args.curve)
   except ConfigError as e:
     sys.exit(f'config error: {e}')

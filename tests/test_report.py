@@ -238,12 +238,40 @@ def test_failed_runs_are_listed_and_left_out(reported):
      ["metric 'accuracy'", 'final_test_accuracy, best_test_accuracy, '
       'final_test_loss, final_train_loss']),
     ({'ranking': 'kemeny'}, ["ranking 'kemeny'", 'borda']),
+    ({'metric': 'rounds_to_target'}, ['needs a target test accuracy']),
+    ({'target': 1.5}, ['target must be a test accuracy in (0, 1], got 1.5']),
 ])
 def test_bad_input(sweep, tmp_path, kwargs, expected):
   with pytest.raises(ConfigError) as error:
     report.report(sweep, str(tmp_path), **kwargs)
   for text in expected:
     assert text in str(error.value)
+
+
+def test_rounds_to_target(sweep, tmp_path):
+  """Target 0.7 (accuracy at rounds 2 and 4): mean/low reaches it at
+  rounds 2 and 4; median/low's seed 1 never does, so the group has not
+  reached it; on high both rules reach it at round 2. Ranked on it (lower
+  is better), mean beats median on low and ties on high."""
+  runs = report.load_runs(sweep)
+  by_name = {r.name: report.run_metrics(r, 0.7)['rounds_to_target']
+             for r in runs}
+  assert by_name['mean_low_1'] == 2 and by_name['mean_low_2'] == 4
+  assert by_name['median_low_1'] == math.inf
+  assert math.isnan(report.run_metrics(runs[0])['rounds_to_target'])
+  out = _cli(sweep, '--task', 'data.alpha', '--target', '0.7', '--metric',
+             'rounds_to_target', '--out', str(tmp_path))
+  assert out.returncode == 0, out.stderr
+  assert '| data.alpha=0.1 | aggregator=mean | 2 |' in out.stdout
+  rows = {line.split(' | ')[1] + line.split(' | ')[0]: line.split(' | ')[-1]
+          for line in out.stdout.splitlines() if 'aggregator=' in line
+          and line.startswith('| data.alpha')}
+  assert rows['aggregator=mean| data.alpha=0.1'] == '3.0 ± 1.4 |'
+  assert rows['aggregator=median| data.alpha=0.1'] == 'not reached |'
+  assert rows['aggregator=median| data.alpha=1.0'] == '2.0 ± 0.0 |'
+  ranking = (tmp_path / 'ranking.md').read_text()
+  assert 'rounds_to_target (lower is better)' in ranking
+  assert '| 1 | aggregator=mean | 1.5 | 1 | 1.5 |' in ranking
 
 
 def test_missing_or_empty_directory(tmp_path):

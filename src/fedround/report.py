@@ -31,6 +31,9 @@ METRICS = {
     # With config.eval_train: the global model on all N clients' own data.
     'final_global_train_loss': False,
     'final_global_train_accuracy': True,
+    # With a target accuracy T: the first evaluated round whose test
+    # accuracy is >= T; inf when the run never gets there.
+    'rounds_to_target': False,
 }
 DEFAULT_SEED_FIELD = 'seed'
 ALL_RUNS = '(all)'  # the one task when there are no task fields
@@ -109,8 +112,15 @@ def _last(rows: list[dict], key: str) -> float:
                if key in r and not math.isnan(r[key])), math.nan)
 
 
-def run_metrics(run: Run) -> dict[str, float]:
-  """The METRICS of one run; NaN where it logged no such value."""
+def rounds_to_target(rows: list[dict], target: float) -> float:
+  """The first logged round whose test accuracy is >= ``target``, or inf."""
+  return next((float(r['round']) for r in rows
+               if r.get('test_accuracy', -math.inf) >= target), math.inf)
+
+
+def run_metrics(run: Run, target: float | None = None) -> dict[str, float]:
+  """The METRICS of one run; NaN where it logged no such value, and
+  rounds_to_target NaN without a ``target``."""
   return {
       'final_test_accuracy': _last(run.rows, 'test_accuracy'),
       'best_test_accuracy': max(
@@ -121,14 +131,18 @@ def run_metrics(run: Run) -> dict[str, float]:
       'final_global_train_loss': _last(run.rows, 'global_train_loss'),
       'final_global_train_accuracy': _last(run.rows,
                                            'global_train_accuracy'),
+      'rounds_to_target': (math.nan if target is None
+                           else rounds_to_target(run.rows, target)),
   }
 
 
 def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and sample std (ddof=1) over axis 0; std is NaN for one row."""
+  """Mean and sample std (ddof=1) over axis 0; std is NaN for one row
+  and for a column holding inf."""
   if len(values) < 2:
     return values.mean(0), np.full(values.shape[1:], np.nan)
-  return values.mean(0), values.std(0, ddof=1)
+  with np.errstate(invalid='ignore'):  # inf - inf in the std
+    return values.mean(0), values.std(0, ddof=1)
 
 
 def _label(overrides: dict[str, Any], fields: Sequence[str]) -> str:
@@ -164,11 +178,14 @@ def _swept_with(runs: list[Run], tasks: Sequence[str], fields: list[str],
 
 
 def group_runs(runs: list[Run], tasks: Sequence[str] = (),
-               seed_field: str | None = None) -> list[Group]:
+               seed_field: str | None = None,
+               target: float | None = None) -> list[Group]:
   """Groups ``runs`` by (method, task), ordered by task, then method.
 
   ``seed_field=None`` averages over 'seed' when some run overrides it. Fields
-  swept together with the task fields join them.
+  swept together with the task fields join them. ``target`` is the test
+  accuracy that rounds_to_target counts to (a mean of inf: some seed never
+  got there).
   """
   fields = sorted({k for run in runs for k in run.overrides})
   if seed_field is None:
@@ -193,7 +210,8 @@ def group_runs(runs: list[Run], tasks: Sequence[str] = (),
   for (method, task), members in sorted(
       by_label.items(),
       key=lambda item: (_label_key(item[0][1]), _label_key(item[0][0]))):
-    values = np.array([list(run_metrics(r).values()) for r in members])
+    values = np.array([list(run_metrics(r, target).values())
+                       for r in members])
     mean, std = _mean_std(values)
     groups.append(Group(method, task, members,
                         dict(zip(METRICS, mean.tolist())),
@@ -205,8 +223,12 @@ def _cell(text: Any) -> str:
   return str(text).replace('|', r'\|')
 
 
-def _mean_pm_std(mean: float, std: float) -> str:
-  return f'{mean:.4f}' if math.isnan(std) else f'{mean:.4f} ± {std:.4f}'
+def _mean_pm_std(mean: float, std: float, digits: int = 4) -> str:
+  if math.isinf(mean):
+    return 'not reached'
+  if math.isnan(std):
+    return f'{mean:.{digits}f}'
+  return f'{mean:.{digits}f} ± {std:.{digits}f}'
 
 
 def markdown_table(groups: list[Group]) -> str:
@@ -219,7 +241,9 @@ def markdown_table(groups: list[Group]) -> str:
            '|' + '---|' * len(header)]
   for g in groups:
     cells = [g.task, g.method, len(g.runs),
-             *(_mean_pm_std(g.mean[m], g.std[m]) for m in metrics)]
+             *(_mean_pm_std(g.mean[m], g.std[m],
+                            1 if m == 'rounds_to_target' else 4)
+               for m in metrics)]
     lines.append('| ' + ' | '.join(map(_cell, cells)) + ' |')
   return '\n'.join(lines)
 
@@ -251,9 +275,10 @@ def curve(runs: list[Run], key: str
   return np.array(rounds), mean, std
 
 
-def plot_curves(groups: list[Group], key: str, path: str) -> None:
+def plot_curves(groups: list[Group], key: str, path: str,
+                target: float | None = None) -> None:
   """Mean ± std of ``key`` against round, one line per method and one
-  subplot per task."""
+  subplot per task; ``target`` draws a dashed horizontal line."""
   tasks = sorted({g.task for g in groups}, key=_label_key)
   methods = sorted({g.method for g in groups}, key=_label_key)
   colors = matplotlib.colormaps['tab10' if len(methods) <= 10 else 'tab20']
@@ -271,6 +296,8 @@ def plot_curves(groups: list[Group], key: str, path: str) -> None:
       ax.plot(rounds, mean, color=color, label=g.method,
               marker='o' if len(rounds) == 1 else None)
       ax.fill_between(rounds, mean - std, mean + std, color=color, alpha=0.2)
+    if target is not None:
+      ax.axhline(target, color='gray', linestyle='--', linewidth=1)
     if task != ALL_RUNS:
       ax.set_title(task, fontsize='medium')
     ax.set_xlabel('round')
@@ -438,7 +465,7 @@ def plot_heatmap(table: Pivot, metric: str, path: str) -> None:
 def report(sweep_dir: str, out_dir: str | None = None,
            tasks: Sequence[str] = (), seed_field: str | None = None,
            metric: str = 'final_test_accuracy',
-           ranking: str = 'borda',
+           ranking: str = 'borda', target: float | None = None,
            heatmap: Sequence[str] = (), curves: Sequence[str] = ()) -> str:
   """Writes summary.md/.csv, ranking.md, report.md and one PNG per CURVES
   key and per extra ``curves`` key (e.g. 'aggregator.gamma', plotted for
@@ -446,7 +473,9 @@ def report(sweep_dir: str, out_dir: str | None = None,
   returns report.md.
 
   ``heatmap = (row_field, column_field, ...)`` also writes heatmap.md and
-  heatmap.png: ``metric`` per row value and column values.
+  heatmap.png: ``metric`` per row value and column values. ``target`` (a
+  test accuracy) adds rounds_to_target to the table, as a possible
+  ``metric``, and as a line on the test_accuracy curves.
   """
   if metric not in METRICS:
     raise ConfigError(f'unknown metric {metric!r}; valid metrics: '
@@ -454,12 +483,18 @@ def report(sweep_dir: str, out_dir: str | None = None,
   if ranking not in RANKINGS:
     raise ConfigError(f'unknown ranking {ranking!r}; valid rankings: '
                       f'{", ".join(RANKINGS)}')
+  if target is None and metric == 'rounds_to_target':
+    raise ConfigError('metric rounds_to_target needs a target test accuracy '
+                      '(--target, e.g. 0.8)')
+  if target is not None and not 0 < target <= 1:
+    raise ConfigError(f'target must be a test accuracy in (0, 1], got '
+                      f'{target}')
   runs, failed = load_runs(sweep_dir), failed_runs(sweep_dir)
   if not runs:
     raise ConfigError(
         f'no runs in {sweep_dir}: expected sub-directories holding '
         f'overrides.json and metrics.jsonl ({len(failed)} failed)')
-  groups = group_runs(runs, tasks, seed_field)
+  groups = group_runs(runs, tasks, seed_field, target)
   out_dir = out_dir or os.path.join(sweep_dir, 'report')
   table = write_table(groups, out_dir)
   ranked = ranking_markdown(groups, metric, ranking)
@@ -471,7 +506,8 @@ def report(sweep_dir: str, out_dir: str | None = None,
     if not logged:
       raise ConfigError(f'curve {key!r}: no run logged it; keys in '
                         f'metrics.jsonl: {", ".join(sorted(runs[0].rows[0]))}')
-    plot_curves(logged, key, os.path.join(out_dir, f'{key}.png'))
+    plot_curves(logged, key, os.path.join(out_dir, f'{key}.png'),
+                target if key == 'test_accuracy' else None)
   sections = [
       f'# Sweep {sweep_dir}: {len(runs)} runs in {len(groups)} groups',
       '## Results\n\nMean ± sample std (ddof=1) over seeds; one seed shows '
