@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_aggregators.py --out docs/bench_aggregators.md
 	$(PY) scripts/bench_aggregators.py --sharded --out docs/bench_aggregators_sharded.md
+	$(PY) scripts/bench_client_state.py --clients 10000 --out docs/bench_client_state.md
 
 clean:
 	rm -rf $(VENV) runs

@@ -17,11 +17,11 @@ accuracy) and accuracy curves, one panel per heterogeneity level:
   python scripts/sweep.py --config experiments/momentum.py:data=digits \
       --workdir runs/momentum_digits --replicas seeds
   python scripts/report.py runs/momentum_digits --task data.alpha \
-      --target 0.8 --out runs/momentum_digits/report
+      --target 0.8 --out docs/momentum/digits
   python scripts/sweep.py --config experiments/momentum.py:data=synthetic \
       --workdir runs/momentum_synthetic --replicas seeds
   python scripts/report.py runs/momentum_synthetic --task data.alpha \
-      --target 0.7 --out runs/momentum_synthetic/report
+      --target 0.85 --out docs/momentum/synthetic
 """
 from fedround.config import base_config, parse_variant
 from fedround.sweep import product, sweep

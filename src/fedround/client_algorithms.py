@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedround.registry import ConfigError, Registry
+from fedround.registry import Registry
 
 CLIENT_ALGORITHMS = Registry('client algorithm')
 
@@ -69,11 +69,11 @@ def _unchanged(shared, *args):
   return shared
 
 
-def _check_unit(name: str, value, algorithm: str) -> None:
+def _check_unit(name: str, value) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
       0 < value <= 1):
-    raise ConfigError(f'{algorithm}: {name} must be in (0, 1] (1 = no '
-                      f'momentum), got {value!r}')
+    raise ValueError(f'{name} must be in (0, 1] (1 = no momentum), got '
+                     f'{value!r}')
 
 
 def _zeros(params):
@@ -108,8 +108,8 @@ def fedprox(mu: float = 0.01) -> ClientAlgorithm:
   """FedProx (Li et al., MLSys 2020): the local loss plus
   (mu/2) ||w - w_global||^2, whose gradient adds mu (w - w_global)."""
   if isinstance(mu, bool) or not isinstance(mu, (int, float)) or mu < 0:
-    raise ConfigError(f'fedprox: mu (the proximal weight) must be a number '
-                      f'>= 0, got {mu!r}')
+    raise ValueError(f'mu (the proximal weight) must be a number '
+                     f'>= 0, got {mu!r}')
 
   def direction(grad, local, global_params, own, shared):
     return jax.tree.map(lambda g, w, w0: g + mu * (w - w0), grad, local,
@@ -127,7 +127,7 @@ def fedavg_m(beta: float = 0.1) -> ClientAlgorithm:
   before the first round). beta = 1 is FedAvg. The server step stays
   w + lr * aggregate, which is the paper's w - gamma g with gamma =
   lr * eta * K."""
-  _check_unit('beta', beta, 'fedavg_m')
+  _check_unit('beta', beta)
 
   def direction(grad, local, global_params, own, g):
     return jax.tree.map(lambda d, m: beta * d + (1 - beta) * m, grad, g)
@@ -152,7 +152,7 @@ def scaffold_m(beta: float = 0.1) -> ClientAlgorithm:
   sets c <- c + (1/N) sum_{i in S} (c_i new - c_i old). beta = 1 is
   SCAFFOLD. State: c and g on the server, c_i for all N clients (zero at
   the start)."""
-  _check_unit('beta', beta, 'scaffold_m')
+  _check_unit('beta', beta)
 
   def direction(grad, local, global_params, c_i, shared):
     return jax.tree.map(

@@ -318,7 +318,7 @@ def plot_curves(groups: list[Group], key: str, path: str,
     fig.legend([handles[m] for m in shown], shown, loc='outside lower center',
                ncols=max(1, min(len(shown), fits)), fontsize='small')
   fig.suptitle(f'{key}: mean ± std over seeds')
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches='tight')  # wide legends
 
 
 def task_ranks(scores: dict[str, dict[str, float]],
