@@ -237,7 +237,7 @@ def test_failed_runs_are_listed_and_left_out(reported):
     ({'metric': 'accuracy'},
      ["metric 'accuracy'", 'final_test_accuracy, best_test_accuracy, '
       'final_test_loss, final_train_loss']),
-    ({'ranking': 'kemeny'}, ["ranking 'kemeny'", 'borda']),
+    ({'ranking': 'kemeni'}, ["ranking 'kemeni'", 'borda, kemeny']),
 ])
 def test_bad_input(sweep, tmp_path, kwargs, expected):
   with pytest.raises(ConfigError) as error:
