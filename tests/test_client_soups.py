@@ -1,18 +1,23 @@
-"""Soups of the clients' fine-tuned models during a run (scripts/soup.py):
-end to end with resumption, each metric against a hand computation, and bad
-input."""
+"""Soups and voting ensembles of the clients' fine-tuned models during a run
+(scripts/soup.py): end to end with resumption, each metric against a hand
+computation, ensembles of one or identical models, and bad input."""
+from __future__ import annotations
+
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import fisher
 from conftest import assert_trees_close
 from fedround import train
-from fedround.client_soups import (METHODS, client_models, make_soup_metrics,
+from fedround.client_soups import (ENSEMBLES, METHODS, client_models,
+                                   ensemble_accuracies, make_soup_metrics,
                                    run_soups, soup_stages, stage_key)
+from fedround.ensembles import majority_vote, runoff_election
 from fedround.registry import ConfigError
 from fedround.rounds import make_evaluate
 
@@ -48,6 +53,8 @@ def test_run_soups_end_to_end_and_resumes(tmp_path):
     assert row['greedy_soup_proxy_accuracy'] >= (
         row['best_single_proxy_accuracy'])
     assert 1 <= row['greedy_soup_ingredients'] <= 6
+    assert all(0 <= row[f'{m}_{split}_accuracy'] <= 1 for m in METHODS
+               for split in ('test', 'proxy'))
     metrics = read_rows(tmp_path / f'seed_{row["seed"]}' / 'metrics.jsonl')
     logged = next(m for m in metrics if m['round'] == row['round'])
     np.testing.assert_allclose(row['global_test_accuracy'],
@@ -55,6 +62,7 @@ def test_run_soups_end_to_end_and_resumes(tmp_path):
   assert (tmp_path / 'soups.png').stat().st_size > 0
   table = (tmp_path / 'soups.md').read_text()
   assert all(f'| {m} |' in table for m in METHODS) and 'Round 3, 2' in table
+  assert '| majority_vote |' in table and '| runoff_election |' in table
 
   # A rerun skips the stages done and redoes a lost one identically.
   with open(tmp_path / 'soups.jsonl', 'w') as f:
@@ -93,9 +101,39 @@ def test_soup_metrics_of_the_client_models():
       'best_single_proxy_accuracy': max(proxy),
       'best_single_test_accuracy': test(best),
       'mean_client_proxy_accuracy': np.mean(proxy)}
+  for split, x, y in (('test', data.test_x, data.test_y),
+                      ('proxy', data.proxy_x, data.proxy_y)):
+    logits = jnp.stack([experiment.model.apply(
+        jax.tree.map(lambda m: m[i], models), x) for i in range(6)])
+    expected[f'majority_vote_{split}_accuracy'] = np.mean(
+        np.asarray(majority_vote(logits)) == y)
+    expected[f'runoff_election_{split}_accuracy'] = np.mean(
+        np.asarray(runoff_election(logits)) == y)
   for name, value in expected.items():
     np.testing.assert_allclose(metrics[name], value, atol=1e-6, err_msg=name)
   assert metrics['greedy_soup_proxy_accuracy'] >= max(proxy)
+
+
+def test_ensembles_of_one_or_identical_models_are_that_model():
+  """One client model, or six copies of it: each ensemble predicts as the
+  model does, in any batch size (37 does not divide the test split)."""
+  config = tiny_soup_config()
+  experiment = train.build(config)
+  data = train.load_data(config)
+  params = jax.device_get(experiment.init_state().params)
+  apply_fn = experiment.model.apply
+  accuracy = float(make_evaluate(apply_fn)(params, data.test_x,
+                                           data.test_y)[1])
+  assert len(data.test_y) % 37 and 0 < accuracy < 1
+  for copies in (1, 6):
+    models = jax.tree.map(lambda p: jnp.stack([p] * copies), params)
+    for batch_size in (1024, 37):
+      accuracies = ensemble_accuracies(apply_fn, models, data.test_x,
+                                       data.test_y, batch_size)
+      assert list(accuracies) == list(ENSEMBLES)
+      for name, value in accuracies.items():
+        np.testing.assert_allclose(value, accuracy, atol=1e-6,
+                                   err_msg=f'{name}, {copies} copies')
 
 
 def test_run_soups_rejects_bad_input(tmp_path):

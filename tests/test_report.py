@@ -237,7 +237,7 @@ def test_failed_runs_are_listed_and_left_out(reported):
     ({'metric': 'accuracy'},
      ["metric 'accuracy'", 'final_test_accuracy, best_test_accuracy, '
       'final_test_loss, final_train_loss']),
-    ({'ranking': 'kemeny'}, ["ranking 'kemeny'", 'borda']),
+    ({'ranking': 'kemeni'}, ["ranking 'kemeni'", 'borda, kemeny']),
     ({'metric': 'rounds_to_target'}, ['needs a target test accuracy']),
     ({'target': 1.5}, ['target must be a test accuracy in (0, 1], got 1.5']),
 ])

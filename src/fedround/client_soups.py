@@ -1,8 +1,10 @@
 """Model soups of the clients' fine-tuned models during a federated run
 (Wortsman et al., ICML 2022; scripts/soup.py): every client fine-tunes the
 global model with its local training, and the server compares the global
-model, the best single client model, and the uniform and greedy soups,
-choosing on its proxy set and scoring on the test split.
+model, the best single client model, the uniform and greedy soups and the
+ensembles of the client models voting at prediction time (majority vote and
+run-off election, Rezaei et al., ICLR 2023), choosing on its proxy set and
+scoring on the test split.
 
 run_soups(config, workdir, every, seeds) trains in stages and takes the
 soups after each."""
@@ -22,16 +24,21 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedround import train
+from fedround.ensembles import majority_vote, runoff_election
 from fedround.registry import ConfigError
 from fedround.rounds import make_evaluate
 from fedround.soups import greedy_soup, uniform_soup
 
 
 SOUP_STREAM = 0x534f55  # folded into the seed's key: the soups' client keys
-# Each method's model; 'mean_client' is the mean accuracy of the N client
-# models themselves, not a model.
+# Name -> vote of the N client models' logits [models, examples, classes].
+ENSEMBLES = {'majority_vote': majority_vote,
+             'runoff_election': runoff_election}
+# Each method's model; the ENSEMBLES vote the N client models' predictions;
+# 'mean_client' is the mean accuracy of the N client models themselves, not
+# a model.
 METHODS = ('global', 'best_single', 'uniform_soup', 'greedy_soup',
-           'mean_client')
+           *ENSEMBLES, 'mean_client')
 
 
 def stage_key(seed: int, round_: int) -> jax.Array:
@@ -55,6 +62,19 @@ def client_models(experiment, params, key):
       params, *map(jnp.asarray, (data.x, data.y, data.n)), ids, keys,
       jnp.float32(experiment.config.client.learning_rate)).delta
   return jax.tree.map(jnp.add, params, deltas)
+
+
+def ensemble_accuracies(apply_fn, models, x: jax.Array, y: jax.Array,
+                        batch_size: int = 1024) -> dict[str, jax.Array]:
+  """The accuracy on ``(x, y)`` of each of ENSEMBLES of ``models`` (a pytree
+  with a leading axis of models), from each model's logits computed in
+  batches of ``batch_size`` examples."""
+  logits_of = lambda model: jax.lax.map(
+      lambda example: apply_fn(model, example[None])[0], x,
+      batch_size=min(batch_size, len(x)))
+  logits = jax.lax.map(logits_of, models)  # [models, examples, classes]
+  return {name: jnp.mean(vote(logits) == y)
+          for name, vote in ENSEMBLES.items()}
 
 
 def make_soup_metrics(experiment) -> Callable[[Any, jax.Array], dict]:
@@ -89,6 +109,11 @@ def make_soup_metrics(experiment) -> Callable[[Any, jax.Array], dict]:
     out = {f'{name}_{split}_accuracy': accuracy(model)
            for name, model in chosen.items()
            for split, accuracy in (('proxy', proxy), ('test', test))}
+    for split, x, y in (('proxy', data.proxy_x, data.proxy_y),
+                        ('test', data.test_x, data.test_y)):
+      out.update({f'{name}_{split}_accuracy': accuracy
+                  for name, accuracy in ensemble_accuracies(
+                      apply_fn, models, x, y).items()})
     out.update(mean_client_proxy_accuracy=jnp.mean(scores),
                mean_client_test_accuracy=jnp.mean(jax.lax.map(test, models)),
                greedy_soup_ingredients=jnp.sum(ingredients))
@@ -170,7 +195,8 @@ def plot_soups(rows: list[dict], path: str) -> None:
     for i, method in enumerate(METHODS):
       rounds, values = _by_round(rows, f'{method}_{split}_accuracy')
       ax.plot(rounds, [np.mean(v) for v in values], color=colors(i),
-              label=method, linestyle=':' if method == 'mean_client' else '-',
+              label=method, linestyle=(':' if method == 'mean_client' else
+                                       '--' if method in ENSEMBLES else '-'),
               marker='o', markersize=3)
       ax.fill_between(rounds, [min(v) for v in values],
                       [max(v) for v in values], color=colors(i), alpha=0.2)
@@ -181,8 +207,8 @@ def plot_soups(rows: list[dict], path: str) -> None:
     ax.grid(alpha=0.3)
   ax.legend(fontsize='small')
   seeds = len({row['seed'] for row in rows})
-  fig.suptitle(f'Soups of the client models: mean over {seeds} seed(s), '
-               'shaded min to max')
+  fig.suptitle(f'Soups and ensembles of the client models: mean over '
+               f'{seeds} seed(s), shaded min to max')
   fig.savefig(path, dpi=120)
 
 
@@ -194,15 +220,17 @@ def _mean_pm_std(values: list[float], digits: int = 4) -> str:
 
 def soups_markdown(rows: list[dict], final_round: int) -> str:
   """Each method's accuracy at ``final_round``, mean ± sample std over
-  seeds, and the greedy soup's number of ingredients."""
+  seeds, and the number of client models in each soup or ensemble."""
   final = [row for row in rows if row['round'] == final_round]
   ingredients = {'best_single': '1', 'uniform_soup': 'all', 'greedy_soup':
                  _mean_pm_std([r['greedy_soup_ingredients'] for r in final],
-                              1)}
+                              1), **{name: 'all' for name in ENSEMBLES}}
   lines = [f'Round {final_round}, {len(final)} seed(s): mean ± sample std '
            '(ddof=1). The best single model and the greedy soup are chosen '
            'on the proxy set; the test split is disjoint from it. '
-           'mean_client: the mean accuracy of the client models.', '',
+           'majority_vote and runoff_election: the client models voting '
+           'their predictions (Rezaei et al., ICLR 2023). mean_client: the '
+           'mean accuracy of the client models.', '',
            '| method | test accuracy | proxy accuracy | ingredients |',
            '|---|---|---|---|']
   for method in METHODS:
