@@ -8,6 +8,12 @@ configured chain (pre-aggregators and rule) as the server will, so optimal
 attacks can search against it. Label flipping is data poisoning instead:
 Byzantine clients train honestly on flipped labels.
 
+Attacks forge messages (fedround.messages); ``Attack.messages`` names the
+kinds each can forge. Real-valued attacks (IPM, ALIE, their optimal
+versions, Gaussian, inf, NaN) need 'identity'; sign flipping also forges
+'signs' (the round signs what it sends: the negated majority); mimic,
+label flipping and no attack work on any kind; reversed rankings on 'ranks'.
+
 Which clients are Byzantine: ``config.attack.fraction`` of the N clients
 (floor), drawn from the run's seed, or the explicit ``config.attack.ids``.
 """
@@ -20,12 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedround.aggregators import stack
+from fedround.messages import MESSAGES, REAL_VALUED, positions
 from fedround.registry import Registry
+
+ANY_MESSAGE = tuple(MESSAGES.names())
 
 
 class Attack(NamedTuple):
   apply: Callable  # (updates, *, byzantine, honest, key, aggregate) -> updates
   flips_labels: bool = False
+  messages: tuple[str, ...] = ('identity',)  # the kinds it can forge
 
 
 def _replace(updates, byzantine, attack_vector):
@@ -59,7 +69,7 @@ def _from_vector(vector_fn):
 
 
 def no_attack() -> Attack:
-  return Attack(lambda updates, **_: updates)
+  return Attack(lambda updates, **_: updates, messages=ANY_MESSAGE)
 
 
 def ipm(tau: float = 2.0) -> Attack:
@@ -70,8 +80,9 @@ def ipm(tau: float = 2.0) -> Attack:
 
 
 def sign_flip() -> Attack:
-  """Sign flipping (Allen-Zhu et al., ICLR 2021; ByzFL): -mean(honest)."""
-  return ipm(tau=1.0)
+  """Sign flipping (Allen-Zhu et al., ICLR 2021; ByzFL): -mean(honest);
+  on 'signs' messages that is sent as the negated majority sign."""
+  return ipm(tau=1.0)._replace(messages=REAL_VALUED)
 
 
 def _alie_vector(updates, honest, tau):
@@ -163,13 +174,41 @@ def mimic(target: int = 0) -> Attack:
     pick = jnp.argmax(honest & (order == jnp.minimum(
         target, jnp.sum(honest) - 1)))
     return jax.tree.map(lambda u: u[pick], updates)
-  return _from_vector(copy)
+  return _from_vector(copy)._replace(messages=ANY_MESSAGE)
 
 
 def label_flip() -> Attack:
   """Data poisoning (Tolpegin et al., ESORICS 2020): Byzantine clients train
   on labels y -> (L - 1) - y and send that update unchanged."""
-  return Attack(lambda updates, **_: updates, flips_labels=True)
+  return Attack(lambda updates, **_: updates, flips_labels=True,
+                messages=ANY_MESSAGE)
+
+
+def reverse_ranking(collude: bool = False) -> Attack:
+  """FRL's reversed-ranking attack (Mozaffari et al., USENIX Security
+  2023) on 'ranks' messages: each Byzantine client sends its honest
+  ranking reversed, position p -> n_l - 1 - p. With ``collude`` they all
+  send the reverse of the Borda vote of their honest rankings, as FRL's
+  code does (FL_train.py: their summed positions sorted descending)."""
+  if not isinstance(collude, bool):
+    raise ValueError(f'collude must be True or False, got {collude!r}')
+
+  def reverse(position, byzantine):
+    if collude:
+      totals = jnp.sum(jnp.where(stack.rows(byzantine, position), position,
+                                 0), axis=0)
+      ranking = positions(totals)[None]
+    else:
+      ranking = position
+    reversed_ranking = position[0].size - 1 - ranking
+    return jnp.where(stack.rows(byzantine, position), reversed_ranking,
+                     position)
+
+  def apply(updates, *, byzantine, honest, key, aggregate=None):
+    del honest, key, aggregate
+    return jax.tree.map(lambda u: reverse(u, byzantine), updates)
+
+  return Attack(apply, messages=('ranks',))
 
 
 ATTACKS = Registry('attack')
@@ -184,6 +223,7 @@ ATTACKS.register('inf')(inf)
 ATTACKS.register('nan')(nan)
 ATTACKS.register('mimic')(mimic)
 ATTACKS.register('label_flip')(label_flip)
+ATTACKS.register('reverse_ranking')(reverse_ranking)
 
 
 def byzantine_count(fraction: float, num_clients: int) -> int:

@@ -39,7 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
       # The learning rate's multiplier over rounds (optimizers.SCHEDULES):
       # constant, cosine(rounds), warmup_cosine(warmup, rounds), step(every),
       # exponential(rate).
-      schedule='constant'))
+      schedule='constant',
+      # What each client sends (fedround.messages): identity (its float32
+      # delta), signs (1 bit a coordinate), ranks (FRL's edge rankings).
+      message='identity'))
   # Pre-aggregators and one rule, joined by '|'.
   c.aggregator = 'weighted_mean'
   # Simulated Byzantine clients: an attack spec (fedround.attacks.ATTACKS)

@@ -2,8 +2,9 @@
 
 round(state, data) -> (state, metrics): sample a cohort, gather its data,
 vmap local training over the client axis (sharded over the mesh axis
-``clients``), let the cohort's Byzantine clients attack, exclude non-finite
-updates, aggregate, take the server step.
+``clients``), encode each client's message (fedround.messages), let the
+cohort's Byzantine clients forge theirs, exclude non-finite updates,
+aggregate, take the server step.
 ``make_rounds`` jits a ``lax.scan`` of R rounds per call.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fedround.attacks import Attack, byzantine_mask, no_attack
 from fedround.client import Client
 from fedround.client_algorithms import ClientState
 from fedround.data import FederatedData, Participation
+from fedround.messages import Message, float32_bits, identity
 from fedround.models import negative_log_likelihood
 from fedround.server import ServerState, server_step
 
@@ -127,14 +129,17 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
                participation: Participation, mesh: Mesh | None = None,
                attack: Attack | None = None, byzantine_fraction: float = 0.0,
                byzantine_ids: tuple[int, ...] = (),
-               client_schedule=None, server_schedule=None) -> Round:
+               client_schedule=None, server_schedule=None,
+               message: Message | None = None) -> Round:
   """``server_optimizer`` is a factory learning_rate -> optax transformation;
   both learning rates come from ``state.hparams``, each times its schedule
   (round -> multiplier, optimizers.build_schedule; default constant) of
   the rounds completed. The Byzantine clients
   (``byzantine_ids``, or a ``byzantine_fraction`` of the federation drawn
-  from the run's key) replace their updates by ``attack``'s."""
+  from the run's key) replace their messages by ``attack``'s. Clients
+  send ``message`` (default identity: their float32 deltas)."""
   attack = attack or no_attack()
+  message = message or identity()
   constant = lambda round_: jnp.float32(1)
   client_schedule = client_schedule or constant
   server_schedule = server_schedule or constant
@@ -202,9 +207,9 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
                             client_learning_rate, own_before, store.shared,
                             rows(store.optimizer))
     client_ids = jnp.where(present, ids, -1)
-    deltas = results.delta
-    finite = _tree_all_finite((deltas, results.extras, results.own,
+    finite = _tree_all_finite((results.delta, results.extras, results.own,
                                results.optimizer_state))
+    messages = message.encode(results.delta, state.params)
     # What every rule may read besides the stack (see aggregators.base).
     context = dict(client_ids=client_ids, round=state.round,
                    **zero_absent(results.extras, present & finite))
@@ -220,20 +225,24 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
             weights=weights.astype(jnp.float32), key=k_aggregate,
             **context)[0]
 
-      deltas = attack.apply(zero_absent(deltas, honest | byzantine),
-                            byzantine=byzantine, honest=honest,
-                            key=jax.random.fold_in(k_aggregate, 1),
-                            aggregate=probe)
-      finite = jnp.where(byzantine, _tree_all_finite(deltas), finite)
+      messages = message.project(attack.apply(
+          zero_absent(messages, honest | byzantine), byzantine=byzantine,
+          honest=honest, key=jax.random.fold_in(k_aggregate, 1),
+          aggregate=probe))
+      finite = jnp.where(byzantine, _tree_all_finite(messages), finite)
     usable = present & finite
-    deltas = zero_absent(deltas, usable)
+    messages = zero_absent(messages, usable)
     weights = jnp.where(usable, results.num_examples, 0).astype(jnp.float32)
     aggregate, agg_state = aggregator.update(
-        deltas, state.agg_state, state.params, weights=weights,
+        messages, state.agg_state, state.params, weights=weights,
         key=k_aggregate, **context)
-    params, opt_state = server_step(
-        server_optimizer(server_learning_rate), state.params,
-        state.opt_state, aggregate)
+    if aggregator.sets_params:  # the aggregate is the new model (FRL)
+      params, opt_state = aggregate, state.opt_state
+      aggregate = jax.tree.map(jnp.subtract, params, state.params)
+    else:
+      params, opt_state = server_step(
+          server_optimizer(server_learning_rate), state.params,
+          state.opt_state, aggregate)
     client_state = _update_client_state(
         algorithm, store, ids, usable & active, own_before, results,
         aggregate, client_learning_rate, data.num_clients)
@@ -243,6 +252,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
           own=jax.lax.with_sharding_constraint(client_state.own, sharding),
           optimizer=jax.lax.with_sharding_constraint(client_state.optimizer,
                                                      sharding))
+    uplink_bits = message.bits(state.params)
     trained = usable & ~byzantine  # the honest clients' own training loss
     metrics = dict(
         # NaN in a round where nobody trained (a cyclic lull), not 0.
@@ -256,6 +266,10 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         nonfinite_excluded=jnp.sum(present & ~finite),
         byzantine=jnp.sum(byzantine),
         idle_step_fraction=_idle_fraction(results.steps, present),
+        # What one client sends, and that over its delta as float32.
+        uplink_bits=jnp.float32(uplink_bits),
+        uplink_ratio_vs_float32=jnp.float32(
+            uplink_bits / float32_bits(state.params)),
         **_rule_diagnostics(agg_state),
     )
     new_state = state.replace(round=state.round + 1, params=params,

@@ -30,6 +30,7 @@ from fedround.models import MODELS
 from fedround.optimizers import build_optimizer, build_schedule
 from fedround.registry import ConfigError
 from fedround.losses import LOSSES
+from fedround.messages import MESSAGES
 from fedround.rounds import (PARTICIPATION_STREAM, Round, make_evaluate,
                              make_evaluate_clients, make_mesh, make_round,
                              make_rounds, place_state, replicate)
@@ -111,6 +112,7 @@ class _Parts(NamedTuple):
   attack: Any
   client_schedule: Any
   server_schedule: Any
+  message: Any
 
 
 def _parts(config: ml_collections.ConfigDict) -> _Parts:
@@ -155,8 +157,49 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
   schedules = [build_schedule(config[side].schedule,
                               f'config.{side}.schedule')
                for side in ('client', 'server')]
+  message = MESSAGES.build(config.client.message, 'config.client.message')
+  _check_message(config, message.kind, aggregator, attack, model, data)
   return _Parts(data, participation, model, client, aggregator,
-                server_optimizer, attack, *schedules)
+                server_optimizer, attack, *schedules, message)
+
+
+def _check_message(config, kind, aggregator, attack, model, data) -> None:
+  """The message kind must be one the rule reads and the attack forges;
+  rankings rank supermask scores; a rule that sets the model itself
+  leaves no step for a server optimizer."""
+  if kind not in aggregator.messages:
+    raise ConfigError(
+        f'config.client.message {kind!r} cannot feed config.aggregator '
+        f'{config.aggregator!r}, which reads: '
+        f'{", ".join(aggregator.messages) or "no kind all its parts share"}')
+  if kind not in attack.messages:
+    valid = [name for name in ATTACKS.names() if kind in ATTACKS.build(
+        name, 'config.attack.name').messages]
+    raise ConfigError(
+        f'config.attack.name {config.attack.name!r} cannot forge {kind!r} '
+        f'messages; attacks on {kind!r} messages: {", ".join(valid)}')
+  if kind == 'ranks':
+    x = jax.ShapeDtypeStruct((1,) + data.x.shape[2:], jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    others = [jax.tree_util.keystr(path) for path, _ in
+              jax.tree_util.tree_flatten_with_path(params)[0]
+              if getattr(path[-1], 'key', None) != 'scores']
+    if others:
+      supermasks = [name for name in MODELS.names()
+                    if name.startswith('supermask')]
+      raise ConfigError(
+          f"config.client.message 'ranks' ranks supermask scores, but "
+          f'config.model {config.model!r} has {others[0]}; supermask '
+          f'models: {", ".join(supermasks)}')
+  server = config.server
+  if aggregator.sets_params and (server.optimizer, server.learning_rate,
+                                 server.schedule) != ('sgd', 1, 'constant'):
+    raise ConfigError(
+        f'config.server: config.aggregator {config.aggregator!r} sets the '
+        'global model itself, so no server optimizer runs; leave '
+        "optimizer='sgd', learning_rate=1.0, schedule='constant' (got "
+        f'{server.optimizer!r}, {server.learning_rate!r}, '
+        f'{server.schedule!r})')
 
 
 def _check_probabilistic(config, model, data) -> None:
@@ -189,7 +232,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       byzantine_fraction=config.attack.fraction,
                       byzantine_ids=tuple(config.attack.ids),
                       client_schedule=parts.client_schedule,
-                      server_schedule=parts.server_schedule)
+                      server_schedule=parts.server_schedule,
+                      message=parts.message)
   return Experiment(config, replicate(parts.data, mesh), parts.model,
                     parts.client, round_, parts.server_optimizer,
                     parts.aggregator, mesh, parts.participation)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fedround.aggregators.base import Aggregator, PreAggregator, chain, stateless
 from fedround.aggregators import (fedau, fedce, fedlaw, flag, merging,
-                                  preaggregators, robust, weighted)
+                                  preaggregators, robust, voting, weighted)
 from fedround.registry import ConfigError, Registry, parse_spec
 
 AGGREGATORS = Registry('aggregator')
@@ -33,6 +33,8 @@ AGGREGATORS.register('bulyan')(robust.bulyan)
 AGGREGATORS.register('mda')(robust.mda)
 AGGREGATORS.register('monna')(robust.monna)
 AGGREGATORS.register('flag')(flag.flag_aggregator)
+AGGREGATORS.register('frl_vote')(voting.frl_vote)
+AGGREGATORS.register('sign_majority')(voting.sign_majority)
 AGGREGATORS.register('clip')(preaggregators.clip)
 AGGREGATORS.register('nnm')(preaggregators.nnm)
 AGGREGATORS.register('bucketing')(preaggregators.bucketing)

@@ -10,6 +10,12 @@ A pre-aggregator (clipping, NNM, bucketing) returns ``((updates', weights'),
 state)`` with a possibly different client count (``num_outputs(C)``, static);
 ``chain(pre..., rule)`` composes them into one Aggregator.
 
+``messages`` names the message kinds (fedround.messages) a part can read:
+real-valued stacks by default, rankings for FRL's vote. A rule with
+``sets_params`` returns the new global model itself rather than a step:
+the round takes it as is, with no server optimizer (FRL assigns the
+global scores exactly; params + (new - params) would round them).
+
 Rows of absent clients are zero (the round zeroes them). Factories that
 must know the cohort size to check their parameters (Krum needs C > 2f + 2)
 take ``num_clients``: the most clients that can be present where the part
@@ -21,6 +27,8 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+from fedround.messages import REAL_VALUED
+
 
 class Aggregator(NamedTuple):
   init: Callable[[Any], Any]
@@ -28,12 +36,15 @@ class Aggregator(NamedTuple):
   # What the rule needs clients to send besides deltas (e.g. 'fisher'); the
   # round passes each as a keyword of the same name, stacked [C, ...].
   needs: tuple[str, ...] = ()
+  messages: tuple[str, ...] = REAL_VALUED
+  sets_params: bool = False
 
 
 class PreAggregator(NamedTuple):
   init: Callable[[Any], Any]
   update: Callable[..., tuple[tuple[Any, jax.Array], Any]]
   num_outputs: Callable[[int], int] = lambda num_clients: num_clients
+  messages: tuple[str, ...] = REAL_VALUED
 
 
 def stateless(aggregate_fn: Callable[..., Any]) -> Aggregator:
@@ -73,4 +84,6 @@ def chain(*parts) -> Aggregator:
 
   needs = tuple(dict.fromkeys(
       name for part in parts for name in getattr(part, 'needs', ())))
-  return Aggregator(init, update, needs)
+  messages = tuple(kind for kind in parts[-1].messages
+                   if all(kind in part.messages for part in parts))
+  return Aggregator(init, update, needs, messages, parts[-1].sets_params)

@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedround.models.convolution import IMPLEMENTATIONS, resolve, shifted_conv
+from fedround.models.supermask import SupermaskCNN, SupermaskMLP
 from fedround.registry import ConfigError, Registry
 
 MODELS = Registry('model')
@@ -36,12 +38,8 @@ class MLP(nn.Module):
 
 class ShiftedConv(nn.Module):
   """A stride-1 SAME convolution computed as a sum of kh * kw shifted
-  matmuls, with nn.Conv's parameters (kernel [kh, kw, in, out], bias).
-
-  XLA's CPU backend runs convolution *gradients* 20-100x slower inside a loop
-  body (jax-ml/jax#12868), and local training is a loop; matmuls do not hit
-  that path. Equal to nn.Conv up to float rounding.
-  """
+  matmuls (convolution.shifted_conv, fast on CPU), with nn.Conv's
+  parameters (kernel [kh, kw, in, out], bias)."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
 
@@ -51,12 +49,7 @@ class ShiftedConv(nn.Module):
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (kh, kw, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    height, width = x.shape[1:3]
-    padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2),
-                         ((kw - 1) // 2, kw // 2), (0, 0)))
-    out = sum(padded[:, i:i + height, j:j + width, :] @ kernel[i, j]
-              for i in range(kh) for j in range(kw))
-    return out + bias
+    return shifted_conv(x, kernel) + bias
 
 
 NORM_GROUPS = 4  # GroupNorm groups per conv layer of CNN(norm='group')
@@ -85,10 +78,7 @@ class CNN(nn.Module):
   def __call__(self, x):
     if x.ndim == 3:
       x = x[..., None]
-    conv = self.conv
-    if conv == 'auto':
-      conv = 'shifted' if jax.default_backend() == 'cpu' else 'native'
-    layer = {'native': nn.Conv, 'shifted': ShiftedConv}[conv]
+    layer = {'native': nn.Conv, 'shifted': ShiftedConv}[resolve(self.conv)]
     for i, width in enumerate(self.features):
       x = layer(width, (3, 3), name=f'conv{i}')(x)
       if self.norm == 'group':
@@ -120,6 +110,33 @@ def cnn(num_classes: int, features: Sequence[int] = (16, 32),
     raise ConfigError(f"config.model: cnn norm must be 'none' or 'group', "
                       f"got {norm!r}")
   return CNN(num_classes, tuple(features), dense, conv, norm)
+
+
+def _check_keep_fraction(k) -> None:
+  if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 1:
+    raise ValueError(f'k (the fraction of edges each layer keeps) must be '
+                     f'in (0, 1], got {k!r}')
+
+
+@MODELS.register('supermask_mlp')
+def supermask_mlp(num_classes: int, hidden: Sequence[int] = (200, 200),
+                  k: float = 0.5, seed: int = 0) -> nn.Module:
+  """FRL's supermask MLP (models.supermask); ``seed`` draws its frozen
+  weights, config.seed its initial scores."""
+  _check_keep_fraction(k)
+  return SupermaskMLP(num_classes, tuple(hidden), k, seed)
+
+
+@MODELS.register('supermask_cnn')
+def supermask_cnn(num_classes: int, features: Sequence[int] = (32, 64),
+                  dense: int = 128, k: float = 0.5, seed: int = 0,
+                  conv: str = 'auto') -> nn.Module:
+  """FRL's supermask LeNet (models.supermask)."""
+  _check_keep_fraction(k)
+  if conv not in IMPLEMENTATIONS:
+    raise ValueError(f'conv must be one of {", ".join(IMPLEMENTATIONS)}, '
+                     f'got {conv!r}')
+  return SupermaskCNN(num_classes, tuple(features), dense, k, seed, conv)
 
 
 def negative_log_likelihood(logits, labels):
