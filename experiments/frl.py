@@ -26,12 +26,14 @@ One run (variants: method=frl|fedavg|trimmed_mean, fraction, attack):
 FRL alone, seed 0, 100 rounds (3.5 minutes each on 2 CPU cores): final test
 accuracy 0.964 with no attack, 0.883 (best 0.931) with 20% malicious.
 
-The grid (methods x malicious fraction 0, 10%, 20%), then its table:
+The grid (methods x malicious fraction 0, 10%, 20% x 3 seeds, seeds as
+vmapped replicas), then its table, heatmap and curves:
 
   python scripts/sweep.py --config experiments/frl.py --workdir runs/frl \
-      --jobs 2
+      --replicas seeds
   python scripts/report.py runs/frl --task attack.fraction \
-      --heatmap aggregator attack.fraction --out runs/frl
+      --heatmap aggregator attack.fraction --curve uplink_bits \
+      --out docs/frl
 """
 from fedround.config import base_config, parse_variant
 from fedround.sweep import apply_overrides
@@ -79,5 +81,6 @@ def get_config(arg=None):
 
 
 def get_sweep():
-  return [_overrides(method, fraction) for method in METHODS
-          for fraction in FRACTIONS]
+  return [{**_overrides(method, fraction), 'seed': seed}
+          for method in METHODS for fraction in FRACTIONS
+          for seed in (0, 1, 2)]
