@@ -269,6 +269,7 @@ def test_rounds_to_target(sweep, tmp_path):
   assert rows['aggregator=mean| data.alpha=0.1'] == '3.0 ± 1.4 |'
   assert rows['aggregator=median| data.alpha=0.1'] == 'not reached |'
   assert rows['aggregator=median| data.alpha=1.0'] == '2.0 ± 0.0 |'
+  assert report._mean_pm_std(math.inf, math.nan) == 'inf'  # a loss
   ranking = (tmp_path / 'ranking.md').read_text()
   assert 'rounds_to_target (lower is better)' in ranking
   assert '| 1 | aggregator=mean | 1.5 | 1 | 1.5 |' in ranking

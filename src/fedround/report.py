@@ -223,9 +223,10 @@ def _cell(text: Any) -> str:
   return str(text).replace('|', r'\|')
 
 
-def _mean_pm_std(mean: float, std: float, digits: int = 4) -> str:
+def _mean_pm_std(mean: float, std: float, digits: int = 4,
+                 inf: str = 'inf') -> str:
   if math.isinf(mean):
-    return 'not reached'
+    return inf
   if math.isnan(std):
     return f'{mean:.{digits}f}'
   return f'{mean:.{digits}f} ± {std:.{digits}f}'
@@ -241,8 +242,9 @@ def markdown_table(groups: list[Group]) -> str:
            '|' + '---|' * len(header)]
   for g in groups:
     cells = [g.task, g.method, len(g.runs),
-             *(_mean_pm_std(g.mean[m], g.std[m],
-                            1 if m == 'rounds_to_target' else 4)
+             *(_mean_pm_std(g.mean[m], g.std[m], 1, 'not reached')
+               if m == 'rounds_to_target' else _mean_pm_std(g.mean[m],
+                                                            g.std[m])
                for m in metrics)]
     lines.append('| ' + ' | '.join(map(_cell, cells)) + ' |')
   return '\n'.join(lines)
@@ -310,11 +312,12 @@ def plot_curves(groups: list[Group], key: str, path: str,
   spare = axes[len(tasks):]  # the grid cells past the last task
   for ax in spare:
     ax.set_axis_off()
-  if spare:
+  label_inches = 0.08 * max(map(len, shown)) + 0.8
+  if spare and label_inches < 4.5:  # the legend fits in an empty cell
     spare[0].legend([handles[m] for m in shown], shown, loc='center',
                     fontsize='small')
   else:  # below the plots, as many columns as the widest label allows
-    fits = int(fig.get_figwidth() / (0.08 * max(map(len, shown)) + 0.8))
+    fits = int(fig.get_figwidth() / label_inches)
     fig.legend([handles[m] for m in shown], shown, loc='outside lower center',
                ncols=max(1, min(len(shown), fits)), fontsize='small')
   fig.suptitle(f'{key}: mean ± std over seeds')
