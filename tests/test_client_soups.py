@@ -14,9 +14,10 @@ import pytest
 import fisher
 from conftest import assert_trees_close
 from fedround import train
-from fedround.client_soups import (ENSEMBLES, METHODS, client_models,
-                                   ensemble_accuracies, make_soup_metrics,
-                                   run_soups, soup_stages, stage_key)
+from fedround.client_soups import (ENSEMBLES, METHODS, client_logits,
+                                   client_models, ensemble_accuracies,
+                                   make_soup_metrics, run_soups, soup_stages,
+                                   stage_key)
 from fedround.ensembles import majority_vote, runoff_election
 from fedround.registry import ConfigError
 from fedround.rounds import make_evaluate
@@ -128,8 +129,9 @@ def test_ensembles_of_one_or_identical_models_are_that_model():
   for copies in (1, 6):
     models = jax.tree.map(lambda p: jnp.stack([p] * copies), params)
     for batch_size in (1024, 37):
-      accuracies = ensemble_accuracies(apply_fn, models, data.test_x,
-                                       data.test_y, batch_size)
+      accuracies = ensemble_accuracies(
+          client_logits(apply_fn, models, data.test_x, batch_size),
+          data.test_y)
       assert list(accuracies) == list(ENSEMBLES)
       for name, value in accuracies.items():
         np.testing.assert_allclose(value, accuracy, atol=1e-6,

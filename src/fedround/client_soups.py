@@ -64,15 +64,20 @@ def client_models(experiment, params, key):
   return jax.tree.map(jnp.add, params, deltas)
 
 
-def ensemble_accuracies(apply_fn, models, x: jax.Array, y: jax.Array,
-                        batch_size: int = 1024) -> dict[str, jax.Array]:
-  """The accuracy on ``(x, y)`` of each of ENSEMBLES of ``models`` (a pytree
-  with a leading axis of models), from each model's logits computed in
-  batches of ``batch_size`` examples."""
+def client_logits(apply_fn, models, x: jax.Array,
+                  batch_size: int = 1024) -> jax.Array:
+  """[models, examples, classes]: the logits of each of ``models`` (a pytree
+  with a leading axis of models) on ``x``, in batches of ``batch_size``."""
   logits_of = lambda model: jax.lax.map(
       lambda example: apply_fn(model, example[None])[0], x,
       batch_size=min(batch_size, len(x)))
-  logits = jax.lax.map(logits_of, models)  # [models, examples, classes]
+  return jax.lax.map(logits_of, models)
+
+
+def ensemble_accuracies(logits: jax.Array, y: jax.Array
+                        ) -> dict[str, jax.Array]:
+  """The accuracy on labels ``y`` of each of ENSEMBLES voting ``logits``
+  [models, examples, classes]."""
   return {name: jnp.mean(vote(logits) == y)
           for name, vote in ENSEMBLES.items()}
 
@@ -99,7 +104,16 @@ def make_soup_metrics(experiment) -> Callable[[Any, jax.Array], dict]:
     models = client_models(experiment._replace(data=data), params, key)
     proxy = lambda p: proxy_evaluate(p, data.proxy_x, data.proxy_y)[1]
     test = lambda p: test_evaluate(p, data.test_x, data.test_y)[1]
-    scores = jax.lax.map(proxy, models)
+    # Each client model's logits, once per split: its own accuracy (the
+    # proxy scores, mean_client) and the ensembles' votes.
+    splits = {'proxy': (data.proxy_x, data.proxy_y),
+              'test': (data.test_x, data.test_y)}
+    logits = {split: client_logits(apply_fn, models, x)
+              for split, (x, _) in splits.items()}
+    client_accuracy = {
+        split: jnp.mean(jnp.argmax(logits[split], -1) == y, axis=1)
+        for split, (_, y) in splits.items()}
+    scores = client_accuracy['proxy']
     greedy, ingredients, _ = greedy_soup(models, proxy)
     chosen = {'global': params,
               'best_single': jax.tree.map(lambda m: m[jnp.argmax(scores)],
@@ -109,14 +123,12 @@ def make_soup_metrics(experiment) -> Callable[[Any, jax.Array], dict]:
     out = {f'{name}_{split}_accuracy': accuracy(model)
            for name, model in chosen.items()
            for split, accuracy in (('proxy', proxy), ('test', test))}
-    for split, x, y in (('proxy', data.proxy_x, data.proxy_y),
-                        ('test', data.test_x, data.test_y)):
+    for split, (_, y) in splits.items():
       out.update({f'{name}_{split}_accuracy': accuracy
                   for name, accuracy in ensemble_accuracies(
-                      apply_fn, models, x, y).items()})
-    out.update(mean_client_proxy_accuracy=jnp.mean(scores),
-               mean_client_test_accuracy=jnp.mean(jax.lax.map(test, models)),
-               greedy_soup_ingredients=jnp.sum(ingredients))
+                      logits[split], y).items()})
+      out[f'mean_client_{split}_accuracy'] = jnp.mean(client_accuracy[split])
+    out.update(greedy_soup_ingredients=jnp.sum(ingredients))
     return out
 
   return lambda params, key: {
