@@ -111,7 +111,7 @@ def test_kemeny_at_the_size_limit_and_beyond():
 
 
 def test_ranking_table_and_registry():
-  assert report.RANKINGS['kemeny'] is report.kemeny
+  assert report.RANKINGS['kemeny'].rank is report.kemeny
   groups = [report.Group(method, task, [], {'final_test_accuracy': score},
                          {'final_test_accuracy': math.nan})
             for task, by_method in {

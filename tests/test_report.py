@@ -170,7 +170,7 @@ def test_borda_unit():
   assert report.borda({'t': {'z': 1.0, 'y': 1.0, 'x': 1.0}}) == [
       ('x', 1.0), ('y', 1.0), ('z', 1.0)]
   assert report.task_ranks(scores)['t1'] == {'a': 1, 'b': 2.5, 'c': 2.5}
-  assert report.RANKINGS['borda'] is report.borda
+  assert report.RANKINGS['borda'].rank is report.borda
 
 
 @pytest.mark.parametrize('metric, expected', [

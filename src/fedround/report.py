@@ -35,6 +35,9 @@ METRICS = {
     # accuracy is >= T; inf when the run never gets there.
     'rounds_to_target': False,
 }
+# Metric -> (digits, text for an infinite mean) in the table, where not
+# the default (4 digits, 'inf').
+CELL_FORMATS = {'rounds_to_target': (1, 'not reached')}
 DEFAULT_SEED_FIELD = 'seed'
 ALL_RUNS = '(all)'  # the one task when there are no task fields
 CURVES = ('test_accuracy', 'train_loss')  # metrics.jsonl keys plotted
@@ -242,9 +245,7 @@ def markdown_table(groups: list[Group]) -> str:
            '|' + '---|' * len(header)]
   for g in groups:
     cells = [g.task, g.method, len(g.runs),
-             *(_mean_pm_std(g.mean[m], g.std[m], 1, 'not reached')
-               if m == 'rounds_to_target' else _mean_pm_std(g.mean[m],
-                                                            g.std[m])
+             *(_mean_pm_std(g.mean[m], g.std[m], *CELL_FORMATS.get(m, ()))
                for m in metrics)]
     lines.append('| ' + ' | '.join(map(_cell, cells)) + ' |')
   return '\n'.join(lines)
@@ -413,18 +414,22 @@ def kemeny(scores: dict[str, dict[str, float]],
   return [(methods[i], float(disagreements[i])) for i in order]
 
 
-# Ranking name -> f(task -> method -> score, higher_is_better) ->
-# [(method, score)], best first.
-RANKINGS: dict[str, Callable[..., list[tuple[str, float]]]] = {
-    'borda': borda,
-    'kemeny': kemeny,
-}
-# Ranking name -> (its score column, how it treats ties and gaps).
-RANKING_COLUMNS = {
-    'borda': ('points', 'a method missing from a task gets 0 points for it'),
-    'kemeny': ('disagreements', 'a tie or a missing method states no '
-               'preference; disagreements: the task preferences involving '
-               'the method that the ranking reverses'),
+class Ranking(NamedTuple):
+  """A rule that ranks methods across tasks: ``rank(task -> method ->
+  score, higher_is_better) -> [(method, score)]``, best first; ``column``
+  names its score and ``convention`` says how it treats ties and gaps."""
+  rank: Callable[..., list[tuple[str, float]]]
+  column: str
+  convention: str
+
+
+RANKINGS = {
+    'borda': Ranking(borda, 'points',
+                     'a method missing from a task gets 0 points for it'),
+    'kemeny': Ranking(kemeny, 'disagreements',
+                      'a tie or a missing method states no preference; '
+                      'disagreements: the task preferences involving the '
+                      'method that the ranking reverses'),
 }
 
 
@@ -444,16 +449,16 @@ def ranking_markdown(groups: list[Group], metric: str,
   higher_is_better = METRICS[metric]
   scores = ranking_scores(groups, metric)
   ranks = task_ranks(scores, higher_is_better)
-  column, convention = RANKING_COLUMNS[ranking]
-  header = ['rank', 'method', column, *scores]
+  rule = RANKINGS[ranking]
+  header = ['rank', 'method', rule.column, *scores]
   lines = [f'Methods ranked by {ranking} on {metric} '
            f'({"higher" if higher_is_better else "lower"} is better) over '
            f'{len(scores)} task(s); per task, 1 = best and ties share the '
-           f'mean rank; {convention}.',
+           f'mean rank; {rule.convention}.',
            '', '| ' + ' | '.join(map(_cell, header)) + ' |',
            '|' + '---|' * len(header)]
   for position, (method, points) in enumerate(
-      RANKINGS[ranking](scores, higher_is_better), 1):
+      rule.rank(scores, higher_is_better), 1):
     per_task = [f'{ranks[t][method]:g}' if method in ranks[t] else '-'
                 for t in scores]
     lines.append('| ' + ' | '.join(
