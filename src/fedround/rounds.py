@@ -25,6 +25,7 @@ from fedround.client_algorithms import ClientState
 from fedround.data import FederatedData, Participation
 from fedround.messages import Message, float32_bits, identity
 from fedround.models import negative_log_likelihood
+from fedround.optimizers import constant_schedule
 from fedround.server import ServerState, server_step
 
 CLIENTS = 'clients'
@@ -140,9 +141,8 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
   send ``message`` (default identity: their float32 deltas)."""
   attack = attack or no_attack()
   message = message or identity()
-  constant = lambda round_: jnp.float32(1)
-  client_schedule = client_schedule or constant
-  server_schedule = server_schedule or constant
+  client_schedule = client_schedule or constant_schedule()
+  server_schedule = server_schedule or constant_schedule()
   attacked = bool(byzantine_ids) or byzantine_fraction > 0
   num_devices = 1 if mesh is None else mesh.size
   cohort = participation.cohort_size
