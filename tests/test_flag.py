@@ -83,7 +83,7 @@ def test_hand_cases():
   u = np.array([3.0, -4.0, 0.0])
   equal = np.stack([u] * 4)
   # Every x_i = u/5 spans Y: (1/r) sum_i Y Y^T x_i = 4 u/5 / r.
-  np.testing.assert_allclose(flag(equal), 4 * u / 5, atol=1e-6)
+  np.testing.assert_allclose(flag(equal), 4 * u / 5, atol=1e-6, rtol=1e-6)
   np.testing.assert_allclose(flag(equal, rank=2, iterations=3), 2 * u / 5,
                              atol=1e-6)
   # Two updates along e1, one along e2: the first step's Y = e1 is exact for
