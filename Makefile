@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-slow bench clean
 
 install: $(STAMP)
 
@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) scripts/train.py --config experiments/fedavg_synthetic.py --workdir runs/fedavg_synthetic
 
+# One pytest worker per core; full-size end-to-end runs are `make test-slow`.
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n auto --dist worksteal -m 'not slow'
+
+test-slow: $(STAMP)
+	$(PY) -m pytest tests -n auto --dist worksteal -m slow
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
@@ -27,4 +31,4 @@ bench: $(STAMP)
 	$(PY) scripts/bench_client_state.py --clients 10000 --out docs/bench_client_state.md
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .jax_cache

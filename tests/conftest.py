@@ -1,10 +1,22 @@
-"""All tests see 8 emulated CPU devices; single-device runs use shard=False."""
+"""All tests see 8 emulated CPU devices; single-device runs use shard=False.
+
+Every compiled program goes to JAX's persistent compilation cache in
+``.jax_cache/`` (``make clean`` empties it): a round that several tests, or a
+test's subprocesses and sweep workers, build from the same config compiles
+once; a program loaded from the cache is the one XLA compiled, so results do
+not change. Set JAX_COMPILATION_CACHE_DIR to put it elsewhere.
+"""
 import os
 import sys
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Environment variables, so that subprocesses (CLI tests, sweep workers)
+# share the cache too.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(ROOT, '.jax_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
 import jax  # noqa: E402  (after XLA_FLAGS)

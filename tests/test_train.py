@@ -88,16 +88,23 @@ def test_eval_train_scores_the_mean_client_objective(tmp_path):
   assert abs(pooled - np.mean(losses)) > 1e-3
 
 
-def test_default_jobs_reach_their_stated_accuracy(tmp_path):
-  """The figures the README states for `make run` and the digits job."""
-  config = fedavg_synthetic.get_config()
+@pytest.mark.parametrize('job, rounds, bound', [
+    pytest.param(fedavg_synthetic, None, 0.85, marks=pytest.mark.slow),
+    pytest.param(fedavg_digits, None, 0.9, marks=pytest.mark.slow),
+    (fedavg_synthetic, 50, 0.78),
+    (fedavg_digits, 40, 0.78),
+])
+def test_default_jobs_reach_their_stated_accuracy(job, rounds, bound,
+                                                  tmp_path):
+  """The figures the README states for `make run` (>= 0.85 after its 200
+  rounds) and the digits job (>= 0.9 after 100), at full size under
+  `slow`. make test runs both jobs through the same code for their first
+  50 and 40 rounds, where they measured 0.822 and 0.836: >= 0.78."""
+  config = job.get_config()
   config.progress = False
-  synthetic = train.run(config, str(tmp_path / 'synthetic')).summary
-  assert synthetic['final_test_accuracy'] >= 0.85, synthetic
-  config = fedavg_digits.get_config()
-  config.progress = False
-  digits = train.run(config, str(tmp_path / 'digits')).summary
-  assert digits['final_test_accuracy'] >= 0.9, digits
+  config.rounds = rounds or config.rounds
+  summary = train.run(config, str(tmp_path)).summary
+  assert summary['final_test_accuracy'] >= bound, summary
 
 
 def _cli(*args, cwd=ROOT):

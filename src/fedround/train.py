@@ -48,26 +48,40 @@ class Experiment(NamedTuple):
   aggregator: Any
   mesh: Any
   participation: Any
+  # jit(init_key, run_key, example_x, client_lr, server_lr) -> ServerState
+  initial_state: Any
 
   def init_state(self, config: ml_collections.ConfigDict | None = None
                  ) -> ServerState:
     """Round 0 for ``config`` (default: the built one); a replica's config
-    may differ from it in ``seed`` and the TRACED_HPARAMS fields only."""
+    may differ from it in ``seed`` and the TRACED_HPARAMS fields only, and
+    shares this experiment's one compiled initialisation."""
     config = config or self.config
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = self.model.init(init_key, jnp.asarray(self.data.x[0, :1]))
-    client_state = init_client_state(self.client.algorithm, params,
-                                     self.data.num_clients,
-                                     self.client.optimizer)
-    return place_state(init_server_state(
-        params, server_optimizer=self.server_optimizer,
-        aggregator=self.aggregator, key=run_key,
-        client_learning_rate=config.client.learning_rate,
-        server_learning_rate=config.server.learning_rate,
-        client_state=client_state,
-        participation_state=self.participation.init(
-            jax.random.fold_in(run_key, PARTICIPATION_STREAM))), self.mesh,
-        self.data.num_clients)
+    state = self.initial_state(init_key, run_key, self.data.x[0, :1],
+                               jnp.float32(config.client.learning_rate),
+                               jnp.float32(config.server.learning_rate))
+    return place_state(state, self.mesh, self.data.num_clients)
+
+
+def _make_initial_state(model, client, server_optimizer, aggregator,
+                        participation, num_clients):
+  """Round 0's state as one compiled function of the keys and learning
+  rates (eagerly, a model's init compiles dozens of small programs)."""
+
+  def initial_state(init_key, run_key, example_x, client_learning_rate,
+                    server_learning_rate):
+    params = model.init(init_key, example_x)
+    return init_server_state(
+        params, server_optimizer=server_optimizer, aggregator=aggregator,
+        key=run_key, client_learning_rate=client_learning_rate,
+        server_learning_rate=server_learning_rate,
+        client_state=init_client_state(client.algorithm, params, num_clients,
+                                       client.optimizer),
+        participation_state=participation.init(
+            jax.random.fold_in(run_key, PARTICIPATION_STREAM)))
+
+  return jax.jit(initial_state)
 
 
 class RunResult(NamedTuple):
@@ -234,9 +248,13 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       client_schedule=parts.client_schedule,
                       server_schedule=parts.server_schedule,
                       message=parts.message)
+  initial_state = _make_initial_state(
+      parts.model, parts.client, parts.server_optimizer, parts.aggregator,
+      parts.participation, parts.data.num_clients)
   return Experiment(config, replicate(parts.data, mesh), parts.model,
                     parts.client, round_, parts.server_optimizer,
-                    parts.aggregator, mesh, parts.participation)
+                    parts.aggregator, mesh, parts.participation,
+                    initial_state)
 
 
 # Fields a run may change when it resumes; any other change is a new run.
