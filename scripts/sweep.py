@@ -19,6 +19,7 @@ from ml_collections import config_flags
 from fedround import sweep
 from fedround.cli import parse_flags
 from fedround.registry import ConfigError
+from fedround.workdir import RunError, prepare
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file[:variant].', lock_config=True)
@@ -56,9 +57,12 @@ def main(argv):
     replicas = sweep.parse_replica_fields(_REPLICAS.value)
     grid = sweep.product(sweep.declared_grid(flags.FLAGS['config'].config_filename),
                          *map(parse_axis, _SWEEP.value))
+    prepare(_WORKDIR.value)
     runs = sweep.plan(_CONFIG.value, grid, _WORKDIR.value)
   except ConfigError as e:
     sys.exit(f'config error: {e}')
+  except RunError as e:
+    sys.exit(f'error: {e}')
   result = sweep.execute(runs, jobs=_JOBS.value, replicas=replicas,
                          progress=_CONFIG.value.progress)
   print(sweep.format_result(result))

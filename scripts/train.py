@@ -13,6 +13,7 @@ from ml_collections import config_flags
 from fedround import train
 from fedround.cli import parse_flags
 from fedround.registry import ConfigError
+from fedround.workdir import RunError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file[:variant].', lock_config=True)
@@ -28,6 +29,8 @@ def main(argv):
     result = train.run(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     sys.exit(f'config error: {e}')
+  except RunError as e:
+    sys.exit(f'error: {e}')
   print(train.format_summary(result.summary))
 
 

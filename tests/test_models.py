@@ -8,17 +8,18 @@ from fedround.registry import ConfigError
 
 
 def test_shifted_cnn_equals_native_cnn():
+  """Jitted, as in the round (eagerly each op compiles on its own)."""
   x = jax.random.normal(jax.random.PRNGKey(0), (5, 8, 8, 1))
   native = MODELS.build("cnn(conv='native')", 'model', num_classes=10)
   shifted = MODELS.build("cnn(conv='shifted')", 'model', num_classes=10)
-  params = native.init(jax.random.PRNGKey(1), x)
+  params = jax.jit(native.init)(jax.random.PRNGKey(1), x)
   assert jax.tree.structure(params) == jax.tree.structure(
-      shifted.init(jax.random.PRNGKey(1), x))
-  np.testing.assert_allclose(shifted.apply(params, x), native.apply(params, x),
-                             atol=1e-5)
+      jax.eval_shape(shifted.init, jax.random.PRNGKey(1), x))
+  np.testing.assert_allclose(jax.jit(shifted.apply)(params, x),
+                             jax.jit(native.apply)(params, x), atol=1e-5)
   loss = lambda model: lambda p: model.apply(p, x).sum()
-  for a, b in zip(jax.tree.leaves(jax.grad(loss(native))(params)),
-                  jax.tree.leaves(jax.grad(loss(shifted))(params))):
+  for a, b in zip(jax.tree.leaves(jax.jit(jax.grad(loss(native)))(params)),
+                  jax.tree.leaves(jax.jit(jax.grad(loss(shifted)))(params))):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 

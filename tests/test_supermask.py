@@ -41,7 +41,7 @@ def test_mask_keeps_the_largest_absolute_scores():
 def test_params_are_only_scores_and_weights_are_signed_constants():
   model = MODELS.build('supermask_cnn(features=(4, 8), dense=16)', 'model',
                        num_classes=10)
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
   fan_ins = {'conv0': 9, 'conv1': 36, 'dense0': 128, 'dense1': 16}
   assert set(params['params']) == set(fan_ins)
   for name, fan_in in fan_ins.items():
@@ -73,15 +73,17 @@ def test_gradient_passes_the_mask_straight_through():
 
 
 def test_supermask_models_give_logits_and_convs_agree():
+  """Jitted, as in the round (eagerly each op compiles on its own)."""
   x = jax.random.uniform(jax.random.PRNGKey(1), (5, 8, 8, 1))
   for spec in ('supermask_mlp(hidden=(16,))', 'supermask_cnn'):
     model = MODELS.build(spec, 'model', num_classes=10)
-    params = model.init(jax.random.PRNGKey(0), x)
-    assert model.apply(params, x).shape == (5, 10)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    assert jax.jit(model.apply)(params, x).shape == (5, 10)
   conv = lambda impl: SupermaskConv(6, index=0, conv=impl)
-  params = conv('native').init(jax.random.PRNGKey(0), x)
-  np.testing.assert_allclose(conv('native').apply(params, x),
-                             conv('shifted').apply(params, x), atol=1e-5)
+  params = jax.jit(conv('native').init)(jax.random.PRNGKey(0), x)
+  np.testing.assert_allclose(jax.jit(conv('native').apply)(params, x),
+                             jax.jit(conv('shifted').apply)(params, x),
+                             atol=1e-5)
 
 
 def test_bad_keep_fraction_is_refused():

@@ -10,7 +10,7 @@ import difflib
 
 import ml_collections
 
-from fedround.registry import ConfigError
+from fedround.registry import ConfigError, non_finite
 
 
 # config.data keys that are not the data set's own: a server proxy set
@@ -60,6 +60,15 @@ def base_config() -> ml_collections.ConfigDict:
   # client's mean, the objective FedAU targets); costs a pass over the data.
   c.eval_train = False
   c.checkpoint_every = 50
+  # Checkpoints kept (the newest; a non-finite state is never saved, so the
+  # newest kept one is always good).
+  c.keep_checkpoints = 2
+  # Divergence (fedround.divergence): a round is unhealthy when every client
+  # is excluded as non-finite, the aggregate is refused as non-finite, or
+  # the train loss exceeds loss_explosion x its running minimum; the run
+  # stops after halt_after unhealthy rounds in a row.
+  c.loss_explosion = 100.0
+  c.halt_after = 10
   c.shard = True  # shard the client axis when there is more than one device
   c.progress = True
   return c
@@ -77,13 +86,22 @@ def _check_fields(config, reference, path):
       _check_fields(config[key], reference[key], f'{path}.{key}')
 
 
+def _check_finite(node, path):
+  for key, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      _check_finite(value, f'{path}.{key}')
+    elif non_finite(value):
+      raise ConfigError(f'{path}.{key} must be finite, got {value!r}')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails on fields the base config does not know and on bad numbers."""
   _check_fields(config, base_config(), 'config')
+  _check_finite(config, 'config')
   if 'name' not in config.data:
     raise ConfigError('config.data.name: missing; name a data set')
   for field in ('rounds', 'clients_per_round', 'eval_every',
-                'checkpoint_every'):
+                'checkpoint_every', 'keep_checkpoints', 'halt_after'):
     value = config[field]
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f'config.{field} must be a positive integer, got '
@@ -94,6 +112,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value > 0):
       raise ConfigError(f'config.{field}.learning_rate must be a number > 0, '
                         f'got {value!r}')
+  value = config.loss_explosion
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+      value > 1):
+    raise ConfigError(f'config.loss_explosion must be a number > 1, got '
+                      f'{value!r}')
   for split in DATA_SPLITS:
     value = config.data.get(split, 0.0)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (

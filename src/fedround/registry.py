@@ -7,11 +7,23 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 from typing import Any, Callable
 
 
 class ConfigError(ValueError):
   """A configuration that cannot work; raised before any training starts."""
+
+
+def non_finite(value) -> bool:
+  """Whether ``value`` is, or a tuple / list / dict holds, an inf or NaN."""
+  if isinstance(value, float):
+    return not math.isfinite(value)
+  if isinstance(value, (tuple, list)):
+    return any(non_finite(v) for v in value)
+  if isinstance(value, dict):
+    return any(non_finite(v) for v in value.values())
+  return False
 
 
 def parse_spec(spec: str, field: str) -> tuple[str, dict[str, Any]]:
@@ -35,6 +47,9 @@ def parse_spec(spec: str, field: str) -> tuple[str, dict[str, Any]]:
         raise ConfigError(
             f'{field}: value of {kw.arg!r} in {spec!r} must be a literal '
             '(number, string, tuple, ...)') from None
+      if non_finite(kwargs[kw.arg]):
+        raise ConfigError(f'{field}: {kw.arg!r} in {spec!r} must be finite, '
+                          f'got {kwargs[kw.arg]!r}')
     return node.func.id, kwargs
   raise ConfigError(f'{field}: spec {spec!r} must look like "name" or '
                     '"name(key=value, ...)" with keyword arguments only')

@@ -4,7 +4,8 @@ round(state, data) -> (state, metrics): sample a cohort, gather its data,
 vmap local training over the client axis (sharded over the mesh axis
 ``clients``), encode each client's message (fedround.messages), let the
 cohort's Byzantine clients forge theirs, exclude non-finite updates,
-aggregate, take the server step.
+aggregate, take the server step (refused when the aggregate or the new
+model is not finite).
 ``make_rounds`` jits a ``lax.scan`` of R rounds per call.
 """
 from __future__ import annotations
@@ -83,6 +84,13 @@ def _tree_all_finite(tree):
   leaves = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
             for x in jax.tree.leaves(tree)]
   return jnp.stack(leaves).all(axis=0)
+
+
+def _all_finite(tree) -> jax.Array:
+  """bool scalar: every floating-point value of ``tree`` is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
+                            jax.tree.leaves(tree)
+                            if jnp.issubdtype(x.dtype, jnp.inexact)]))
 
 
 def _rule_diagnostics(agg_state) -> dict:
@@ -243,9 +251,16 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
       params, opt_state = server_step(
           server_optimizer(server_learning_rate), state.params,
           state.opt_state, aggregate)
+    # A non-finite aggregate or model is refused: the server keeps its
+    # model, optimizer and rule state, and the clients their store.
+    accepted = _all_finite((aggregate, params))
+    params, opt_state, agg_state = jax.tree.map(
+        lambda new, old: jnp.where(accepted, new, old),
+        (params, opt_state, agg_state),
+        (state.params, state.opt_state, state.agg_state))
     client_state = _update_client_state(
-        algorithm, store, ids, usable & active, own_before, results,
-        aggregate, client_learning_rate, data.num_clients)
+        algorithm, store, ids, usable & active & accepted, own_before,
+        results, aggregate, client_learning_rate, data.num_clients)
     sharding = store_sharding(mesh, data.num_clients)
     if sharding is not None:  # keep the store split as place_state put it
       client_state = client_state._replace(
@@ -264,6 +279,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         client_learning_rate=client_learning_rate,
         server_learning_rate=server_learning_rate,
         nonfinite_excluded=jnp.sum(present & ~finite),
+        aggregate_refused=(~accepted).astype(jnp.int32),
         byzantine=jnp.sum(byzantine),
         idle_step_fraction=_idle_fraction(results.steps, present),
         # What one client sends, and that over its delta as float32.

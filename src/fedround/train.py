@@ -6,9 +6,11 @@ run_replicas(configs, workdirs): the same for runs that differ only in seed
 and traced hyper-parameters, vmapped over a leading replica axis."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -17,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import tqdm
+from absl import logging
 
 from fedround import config as config_lib
 from fedround.aggregators import build_aggregator
@@ -26,6 +28,7 @@ from fedround.attacks import ATTACKS
 from fedround.client import Client, make_client
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_client_state
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
+from fedround.divergence import Watch
 from fedround.models import MODELS
 from fedround.optimizers import build_optimizer, build_schedule
 from fedround.registry import ConfigError
@@ -35,6 +38,7 @@ from fedround.rounds import (PARTICIPATION_STREAM, Round, make_evaluate,
                              make_evaluate_clients, make_mesh, make_round,
                              make_rounds, place_state, replicate)
 from fedround.server import TRACED_HPARAMS, ServerState, init_server_state
+from fedround.workdir import Checkpoints, RunError, hold, restore_newest_good
 
 
 class Experiment(NamedTuple):
@@ -259,6 +263,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
 # Fields a run may change when it resumes; any other change is a new run.
 RESUMABLE_CHANGES = ('rounds', 'eval_every', 'eval_train', 'checkpoint_every',
+                     'keep_checkpoints', 'halt_after', 'loss_explosion',
                      'shard', 'progress')
 
 
@@ -305,21 +310,25 @@ class _RunLog:
   """One run's workdir: its checkpoints, metrics file and best accuracy."""
 
   def __init__(self, config, workdir):
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    self.config = config
     self.workdir = workdir
-    self.manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, 'checkpoints')),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    self.checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    self.summary_path = os.path.join(workdir, 'summary.json')
 
-  def restore(self, step: int, state: ServerState) -> ServerState:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  def finished_summary(self, start: int) -> dict | None:
+    """The summary of a run already trained to ``config.rounds``."""
+    if start != self.config.rounds or not os.path.exists(self.summary_path):
+      return None
+    with open(self.summary_path) as f:
+      summary = json.load(f)
+    return summary if summary.get('rounds') == start else None
 
   def open(self, start: int):
-    """Drops metric rows past ``start`` and opens the file to append."""
+    """Writes the config the run now follows, drops metric rows past
+    ``start`` and opens the metrics file to append."""
+    with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
+      f.write(self.config.to_json_best_effort(indent=2))
     history = _read_metrics(self.metrics_path, start)
     with open(self.metrics_path, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in history)
@@ -327,6 +336,8 @@ class _RunLog:
                      if 'test_accuracy' in r), default=float('nan'))
     self.last_eval = next((r for r in reversed(history)
                            if 'test_accuracy' in r), {})
+    self.watch = Watch(self.config.loss_explosion, self.config.halt_after,
+                       history)
     self.log = open(self.metrics_path, 'a')
 
   def write(self, rows: list[dict]):
@@ -335,8 +346,7 @@ class _RunLog:
 
   def close(self):
     self.log.close()
-    self.manager.wait_until_finished()
-    self.manager.close()
+    self.checkpoints.close()
 
 
 # The fields vmapped replicas may differ in.
@@ -354,10 +364,12 @@ def replica_differences(a: ml_collections.ConfigDict,
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
-  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint."""
-  experiment = build(config)
-  check_resumable(config, workdir)
-  return _train(experiment, [config], [workdir], replicas=False)[0]
+  """Trains ``config`` in ``workdir``, resuming from its newest good
+  checkpoint; holds the workdir (fedround.workdir) while it runs."""
+  with hold(workdir):
+    experiment = build(config)
+    check_resumable(config, workdir)
+    return _train(experiment, [config], [workdir], replicas=False)[0]
 
 
 def run_replicas(configs: list[ml_collections.ConfigDict],
@@ -366,16 +378,19 @@ def run_replicas(configs: list[ml_collections.ConfigDict],
   vmapped computation; each run gets its own workdir, metrics and
   checkpoints, as if it had been run alone, and the group resumes from the
   latest round every member has checkpointed."""
-  experiment = build(configs[0])
-  for config, workdir in zip(configs, workdirs):
-    check(config)
-    check_resumable(config, workdir)
-    different = replica_differences(configs[0], config)
-    if different:
-      raise ConfigError(
-          f'replicas must differ only in {", ".join(REPLICA_FIELDS)}; '
-          f'{workdir} also differs in {", ".join(different)}')
-  return _train(experiment, configs, workdirs, replicas=True)
+  with contextlib.ExitStack() as held:
+    for workdir in workdirs:
+      held.enter_context(hold(workdir))
+    experiment = build(configs[0])
+    for config, workdir in zip(configs, workdirs):
+      check(config)
+      check_resumable(config, workdir)
+      different = replica_differences(configs[0], config)
+      if different:
+        raise ConfigError(
+            f'replicas must differ only in {", ".join(REPLICA_FIELDS)}; '
+            f'{workdir} also differs in {", ".join(different)}')
+    return _train(experiment, configs, workdirs, replicas=True)
 
 
 def _train(experiment: Experiment, configs, workdirs,
@@ -383,10 +398,21 @@ def _train(experiment: Experiment, configs, workdirs,
   config = configs[0]
   logs = [_RunLog(c, w) for c, w in zip(configs, workdirs)]
   states = [experiment.init_state(c) for c in configs]
-  common = set.intersection(*(set(log.manager.all_steps()) for log in logs))
-  start = max(common, default=0)
+  start, states = restore_newest_good([log.checkpoints for log in logs],
+                                      states)
+  if start > config.rounds:
+    raise RunError(
+        f'{", ".join(workdirs)}: {start} rounds are already trained, more '
+        f'than config.rounds={config.rounds}; ask for {start} or more, or '
+        'use a new workdir')
+  done = [log.finished_summary(start) for log in logs]
+  if all(done):  # a finished run: keep its summary and timings
+    for log in logs:
+      log.checkpoints.close()
+    return [RunResult(s, summary) for s, summary in zip(states, done)]
   if start:
-    states = [log.restore(start, s) for log, s in zip(logs, states)]
+    tqdm.tqdm.write(f'{", ".join(workdirs)}: resuming after round {start}, '
+                    f'training on to round {config.rounds}', file=sys.stderr)
   for log in logs:
     log.open(start)
   if replicas:
@@ -441,15 +467,36 @@ def _train(experiment: Experiment, configs, workdirs,
             for name, value in zip(('loss', 'accuracy'), values)}
         rows[-1].update(log.last_eval)
         log.best = np.nanmax([log.best, log.last_eval['test_accuracy']])
+      for row in rows:
+        log.watch.observe(row)
+        if row['unhealthy_rounds'] == 1:
+          logging.warning('%s: round %d: %s', log.workdir, row['round'],
+                          log.watch.reason)
       log.write(rows)
-      if round_ % config.checkpoint_every == 0 or round_ == config.rounds:
-        log.manager.save(round_,
-                         args=ocp.args.StandardSave(unstack(state, r)))
+      # A streak of unhealthy rounds is not saved over the last good step.
+      if log.watch.streak == 0 and (round_ % config.checkpoint_every == 0
+                                    or round_ == config.rounds):
+        log.checkpoints.save(round_, unstack(state, r))
     bar.update(active)
+    warnings = sorted({l.watch.reason for l in logs if l.watch.streak})
     bar.set_postfix(
         loss=f'{np.mean(metrics["train_loss"][-1]):.4f}',
         acc=f'{np.mean([l.last_eval.get("test_accuracy", np.nan) for l in logs]):.4f}',
-        rps=f'{(round_ - start) / max(train_seconds, 1e-9):.1f}')
+        rps=f'{(round_ - start) / max(train_seconds, 1e-9):.1f}',
+        **({'warn': '; '.join(warnings)} if warnings else {}))
+    halted = [log for log in logs if log.watch.halted]
+    if halted:
+      bar.close()
+      for log in logs:
+        log.close()
+      log = halted[0]
+      kept = max(log.checkpoints.steps(), default=None)
+      raise RunError(
+          f'{log.workdir}: stopped after round {log.watch.halted_at}: '
+          f'{log.watch.reason}, {config.halt_after} rounds in a row '
+          f'(config.halt_after={config.halt_after}); '
+          + (f'the last good checkpoint, round {kept}, is kept'
+             if kept else 'no round was good enough to checkpoint'))
   bar.close()
 
   results = []
@@ -470,7 +517,7 @@ def _train(experiment: Experiment, configs, workdirs,
         'round_traces': len(experiment.round.traces),
         'data': data.describe(),
     }
-    with open(os.path.join(log.workdir, 'summary.json'), 'w') as f:
+    with open(log.summary_path, 'w') as f:
       json.dump(summary, f, indent=2)
     results.append(RunResult(unstack(state, r), summary))
   return results

@@ -1,0 +1,228 @@
+"""Runs that can be left alone: damaged checkpoints are set aside and the run
+resumes from the newest good one (end to end through scripts/train.py), one
+run per workdir, bad paths and changed round counts said in one line."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import fedavg_digits
+from fedround import train
+from fedround.workdir import SET_ASIDE, RunError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--config.data.num_clients=8', '--config.model=logistic',
+        '--config.clients_per_round=4', '--config.client.local_steps=2',
+        '--config.eval_every=2', '--config.checkpoint_every=2',
+        '--config.progress=False']
+
+
+def _train_cli(workdir, *args, config='experiments/fedavg_digits.py'):
+  return subprocess.run(
+      [sys.executable, 'scripts/train.py', '--config', config, '--workdir',
+       str(workdir), *TINY, *args], cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+
+
+def _tiny(rounds):
+  config = fedavg_digits.get_config()
+  config.data.num_clients = 8
+  config.model = 'logistic'
+  config.clients_per_round = 4
+  config.client.local_steps = 2
+  config.rounds = rounds
+  config.eval_every = config.checkpoint_every = 2
+  config.progress = False
+  return config
+
+
+def _error_line(out):
+  """The one line a failed CLI run prints, asserting there is no traceback."""
+  assert out.returncode != 0
+  assert 'Traceback' not in out.stderr, out.stderr
+  return out.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A workdir trained 4 rounds by the CLI, checkpoints at rounds 2 and 4."""
+  workdir = tmp_path_factory.mktemp('trained') / 'run'
+  out = _train_cli(workdir, '--config.rounds=4')
+  assert out.returncode == 0, out.stderr
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
+  return workdir
+
+
+def _copy(trained, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  os.remove(workdir / 'lock')
+  return workdir
+
+
+def _truncate_files(step_dir):
+  for folder, _, files in os.walk(step_dir):
+    for name in files:
+      with open(os.path.join(folder, name), 'r+b') as f:
+        f.truncate(max(os.path.getsize(f.name) // 3, 1))
+
+
+def _remove_metadata(step_dir):
+  found = [os.path.join(folder, name) for folder, _, files in os.walk(step_dir)
+           for name in files if name == '_METADATA']
+  assert found
+  for path in found:
+    os.remove(path)
+
+
+def _remove_item(step_dir):
+  items = [p for p in os.listdir(step_dir) if os.path.isdir(step_dir / p)]
+  assert items
+  for item in items:
+    shutil.rmtree(step_dir / item)
+
+
+def _poison(step_dir):
+  """Saves the step again with NaN global parameters."""
+  checkpointer = ocp.StandardCheckpointer()
+  item = next(p for p in os.listdir(step_dir) if os.path.isdir(step_dir / p))
+  state = checkpointer.restore(step_dir / item)
+  state['params'] = jax.tree.map(lambda x: np.full_like(x, np.nan),
+                                 state['params'])
+  shutil.rmtree(step_dir / item)
+  checkpointer.save(step_dir / item, state)
+  checkpointer.wait_until_finished()
+
+
+@pytest.mark.parametrize('damage', [_truncate_files, _remove_metadata,
+                                    _remove_item, _poison])
+def test_a_damaged_latest_step_is_set_aside_and_the_run_resumes(
+    damage, trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  damage(workdir / 'checkpoints' / '4')
+  out = _train_cli(workdir, '--config.rounds=6')
+  assert out.returncode == 0, out.stderr
+  assert 'set aside' in out.stderr and 'resuming after round 2' in out.stderr
+  assert os.listdir(workdir / SET_ASIDE) == ['4']
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['resumed_from'] == 2 and summary['rounds'] == 6
+  assert np.isfinite(summary['final_test_loss'])
+  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  assert [r['round'] for r in rows] == list(range(1, 7))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '6']
+
+
+def test_a_leftover_temporary_save_is_set_aside(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  leftover = workdir / 'checkpoints' / '6.orbax-checkpoint-tmp-1733000000'
+  leftover.mkdir()
+  (leftover / 'half_written').write_bytes(b'\0' * 10)
+  out = _train_cli(workdir, '--config.rounds=6')
+  assert out.returncode == 0, out.stderr
+  assert 'interrupted save' in out.stderr
+  assert os.listdir(workdir / SET_ASIDE) == [leftover.name]
+  assert json.loads((workdir / 'summary.json').read_text())[
+      'resumed_from'] == 4
+
+
+def test_no_good_step_stops_with_one_line_naming_the_folder(trained,
+                                                           tmp_path):
+  workdir = _copy(trained, tmp_path)
+  for step in ('2', '4'):
+    _truncate_files(workdir / 'checkpoints' / step)
+  line = _error_line(_train_cli(workdir, '--config.rounds=6'))
+  assert line.startswith('error: no checkpoint in ')
+  assert str(workdir / 'checkpoints') in line
+  assert sorted(os.listdir(workdir / SET_ASIDE)) == ['2', '4']
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path):
+  """The Checkpoints layer refuses to save a NaN state over a good one."""
+  from fedround.workdir import Checkpoints
+  checkpoints = Checkpoints(str(tmp_path), keep=1)
+  assert checkpoints.save(1, {'w': np.ones(3, np.float32)})
+  assert not checkpoints.save(2, {'w': np.full(3, np.nan, np.float32)})
+  checkpoints.close()
+  assert os.listdir(tmp_path / 'checkpoints') == ['1']
+
+
+def test_a_second_run_on_a_workdir_refuses_naming_the_holder(tmp_path):
+  workdir = tmp_path / 'run'
+  first = subprocess.Popen(
+      [sys.executable, 'scripts/train.py', '--config',
+       'experiments/fedavg_digits.py', '--workdir', str(workdir), *TINY,
+       '--config.rounds=40'], cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+  lock = workdir / 'lock'
+  deadline = time.time() + 120
+  while not (lock.exists() and lock.read_text().strip()):
+    assert time.time() < deadline and first.poll() is None
+    time.sleep(0.05)
+  with pytest.raises(RunError, match=rf'in use by another run \(pid '
+                     rf'{first.pid}\)'):
+    train.run(_tiny(40), str(workdir))
+  _, stderr = first.communicate(timeout=300)
+  assert first.returncode == 0, stderr
+  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  assert [r['round'] for r in rows] == list(range(1, 41))
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+  """A killed run leaves its pid in the lock file but holds no lock."""
+  (tmp_path / 'lock').write_text('999999\n')
+  assert train.run(_tiny(2), str(tmp_path)).summary['rounds'] == 2
+  assert (tmp_path / 'lock').read_text().strip() == str(os.getpid())
+
+
+def test_rounds_below_those_done_are_refused_and_a_rerun_keeps_timings(
+    tmp_path):
+  first = train.run(_tiny(4), str(tmp_path)).summary
+  with pytest.raises(RunError, match=r'4 rounds are already trained, more '
+                     r'than config.rounds=2'):
+    train.run(_tiny(2), str(tmp_path))
+  assert json.loads((tmp_path / 'config.json').read_text())['rounds'] == 4
+  again = train.run(_tiny(4), str(tmp_path)).summary
+  assert again == first == json.loads((tmp_path / 'summary.json').read_text())
+  longer = train.run(_tiny(6), str(tmp_path)).summary
+  assert longer['resumed_from'] == 4 and longer['rounds'] == 6
+  assert json.loads((tmp_path / 'config.json').read_text())['rounds'] == 6
+
+
+def _unwritable_dir(tmp_path):
+  """A directory this process cannot write to (root ignores modes)."""
+  if os.geteuid() != 0:
+    path = tmp_path / 'read_only'
+    path.mkdir()
+    path.chmod(0o555)
+    return path
+  for path in ('/sys/kernel', '/proc/self'):
+    try:
+      open(os.path.join(path, 'lock'), 'a+').close()
+    except OSError:
+      return path
+  pytest.skip('no unwritable directory for root here')
+
+
+@pytest.mark.parametrize('case, expected', [
+    ('config', 'config error: --config experiments/missing.py: no such file'),
+    ('file', 'is a file, not a directory'),
+    ('unwritable', 'is not writable'),
+])
+def test_bad_paths_fail_in_one_line(case, expected, tmp_path):
+  config, workdir = 'experiments/fedavg_digits.py', tmp_path / 'run'
+  if case == 'config':
+    config = 'experiments/missing.py'
+  elif case == 'file':
+    workdir.write_text('not a directory')
+  else:
+    workdir = _unwritable_dir(tmp_path)
+  line = _error_line(_train_cli(workdir, '--config.rounds=2', config=config))
+  assert expected in line
+  assert line.count('\n') == 0
