@@ -61,19 +61,20 @@ def flag_aggregator(rank: int = 1, iterations: int = 1, lam: float = 0.0,
 
   def aggregate(updates, weights):
     present = stack.present(weights)
-    updates = stack.zero_absent(updates, present)
-    gram = stack.gram(updates)
-    norms = jnp.sqrt(jnp.diagonal(gram))
+    # Rows divided by their own power-of-two scale: u_i = s_i v_i, and
+    # u_i / ||u_i|| = v_i / ||v_i||, so nothing overflows.
+    scaled, _ = stack.row_scaled(updates, present)
+    unit_gram, norms = stack.unit_gram(scaled)
     used = present & (norms > 0)
     inverse_norms = jnp.where(used, 1 / jnp.where(used, norms, 1), 0)
-    unit_gram = gram * inverse_norms[:, None] * inverse_norms[None, :]
     # The C x C algebra is cheap: keep it in full float32 on every backend.
     with jax.default_matmul_precision('highest'):
       basis = _flag_subspace(unit_gram, used, min(rank, weights.shape[0]),
                              iterations, lam, eps)
       # (1/r) Y Y^T sum_i x_i = X A A^T G 1_used / r.
-      coefficients = basis @ (basis.T @ (unit_gram @ used.astype(gram.dtype)))
-    return stack.combine(updates, coefficients * inverse_norms / rank)
+      coefficients = basis @ (basis.T @ (
+          unit_gram @ used.astype(unit_gram.dtype)))
+    return stack.combine(scaled, coefficients * inverse_norms / rank)
 
   return stateless(aggregate)
 

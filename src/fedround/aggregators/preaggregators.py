@@ -25,7 +25,7 @@ def clip(max_norm: float) -> PreAggregator:
 
   def transform(updates, weights, key):
     del key
-    norms = jnp.sqrt(stack.sq_norms(updates))
+    norms = stack.norms(updates)
     return _clipped(updates, norms, max_norm, stack.present(weights)), weights
 
   return _pre_aggregator(transform)
@@ -101,7 +101,7 @@ def arc(f: int, num_clients: int | None = None) -> PreAggregator:
   def transform(updates, weights, key):
     del key
     present = stack.present(weights)
-    norms = jnp.sqrt(stack.sq_norms(updates))
+    norms = stack.norms(updates)
     count = jnp.sum(present)
     num_clipped = jnp.maximum(2 * f * (count - f) // jnp.maximum(count, 1), 0)
     ascending = jnp.sort(jnp.where(present, norms, jnp.inf))

@@ -149,11 +149,17 @@ def geometric_median(iterations: int = 8, nu: float = 1e-6) -> Aggregator:
   def aggregate(updates, weights):
     present = stack.present(weights)
     center, offsets = _anchored(updates, present)
-    gram = stack.gram(offsets)
+    # Distances in units of the stack's scale, so no square overflows.
+    scale = stack.scale(offsets, present)
+    gram = stack.gram(stack.divided(offsets, scale))
+    floor = jnp.maximum(nu / scale, jnp.finfo(gram.dtype).tiny)
 
     def step(_, coefficients):
-      distances = jnp.sqrt(_sq_distances_to(gram, coefficients))
-      inverse = jnp.where(present, 1 / jnp.maximum(distances, nu), 0)
+      beta = jnp.maximum(jnp.sqrt(_sq_distances_to(gram, coefficients)),
+                         floor)
+      # 1 / beta_i relative to the largest, so the sum cannot overflow.
+      nearest = jnp.min(jnp.where(present, beta, jnp.inf))
+      inverse = jnp.where(present, nearest / beta, 0)
       total = jnp.sum(inverse)
       return inverse / jnp.where(total > 0, total, 1)
 
@@ -187,17 +193,25 @@ def centered_clipping(tau: float = 1.0, iterations: int = 3) -> Aggregator:
     count = jnp.sum(present)
     center, offsets = _anchored(updates, present)
     start = jax.tree.map(lambda v, c: v - c, state, center)
-    cross = _inner_products(offsets, start)
-    start_sq_norm = stack.sq_norms(jax.tree.map(lambda s: s[None], start))
+    # Distances in units of the scale of the stack and v0, so no square
+    # overflows; tau in the same units.
+    unit = jnp.maximum(stack.scale(offsets, present), stack.scale(
+        jax.tree.map(lambda s: s[None], start), jnp.ones(1, bool)))
+    scaled_offsets, scaled_start = (stack.divided(offsets, unit),
+                                    stack.divided(start, unit))
+    cross = _inner_products(scaled_offsets, scaled_start)
+    start_sq_norm = stack.sq_norms(jax.tree.map(lambda s: s[None],
+                                                scaled_start))
     # Column 0 is v0 - center, columns 1..C the centred updates.
     gram = jnp.block([[start_sq_norm[:, None], cross[None, :]],
-                      [cross[:, None], stack.gram(offsets)]])
+                      [cross[:, None], stack.gram(scaled_offsets)]])
     tiny = jnp.finfo(gram.dtype).tiny
+    radius = tau / unit
 
     def step(_, coefficients):
       distances = jnp.sqrt(_sq_distances_to(gram, coefficients)[1:])
-      scale = jnp.where(present, jnp.minimum(1, tau / jnp.maximum(distances,
-                                                                  tiny)), 0)
+      scale = jnp.where(present, jnp.minimum(
+          1, radius / jnp.maximum(distances, tiny)), 0)
       scale = scale / jnp.maximum(count, 1)
       return (coefficients * (1 - jnp.sum(scale))
               + jnp.concatenate([jnp.zeros(1, scale.dtype), scale]))
@@ -338,7 +352,7 @@ def monna(f: int, trusted: int = 0,
     updates = stack.zero_absent(updates, present)
     pivot = jnp.where(present[trusted], trusted, jnp.argmax(present))
     pivot_update = jax.tree.map(lambda u: u[pivot], updates)
-    distances = stack.sq_norms(stack.centered(updates, pivot_update))
+    distances = stack.norms(stack.centered(updates, pivot_update))
     distances = jnp.where(present, distances, jnp.inf).at[pivot].set(-1)
     selected = ((_ranks(distances) < jnp.maximum(jnp.sum(present) - f, 1))
                 & present)

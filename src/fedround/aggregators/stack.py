@@ -4,6 +4,12 @@ Robust rules treat every present client (weight > 0) alike and ignore the
 rest: absent slots (cohort padding, excluded non-finite updates) never enter
 a median, a distance or a mean. Distance-based rules work from the C x C
 Gram matrix summed over leaves, never from a flattened d-vector per pair.
+
+Finite but huge updates never overflow: squares of float32 values above
+1.8e19 would, so distances come from a stack divided by a power of two
+(``scale``) that brings its largest value to at most 1, and norms from each
+row divided by its own (``norms``, ``unit_gram``). Dividing by a power of
+two is exact, so ordinary stacks give the same distances as before.
 """
 from __future__ import annotations
 
@@ -62,6 +68,58 @@ def centered(updates, center):
   return jax.tree.map(lambda u, c: u - c[None], updates, center)
 
 
+def _power_of_two_at_least(x: jax.Array) -> jax.Array:
+  """A power of two >= x (1 for x = 0), kept within 2**-126 .. 2**125 so
+  that its reciprocal is a normal float32 too (XLA may divide by
+  multiplying with the reciprocal, and subnormals flush to zero)."""
+  exponent = jnp.ceil(jnp.log2(jnp.where(x > 0, x, 1.0)))
+  return jnp.ldexp(jnp.float32(1),
+                   jnp.clip(exponent, -126, 125).astype(jnp.int32))
+
+
+def scale(updates, mask: jax.Array) -> jax.Array:
+  """A power of two >= the largest |value| of the present rows (1 when
+  they are all zero): ``updates / scale`` squares without overflow."""
+  largest = jnp.max(jnp.stack([
+      jnp.max(jnp.where(rows(mask, u), jnp.abs(u), 0)).astype(jnp.float32)
+      for u in jax.tree.leaves(updates)]))
+  return _power_of_two_at_least(largest)
+
+
+def divided(updates, by: jax.Array):
+  return jax.tree.map(lambda u: u / by.astype(u.dtype), updates)
+
+
+def row_scaled(updates, mask: jax.Array):
+  """(v, s): v_i = u_i / s_i on the ``mask`` rows (zero elsewhere), s_i
+  a power of two >= the row's largest |value| (``_power_of_two_at_least``),
+  so ||v_i|| <= 8 sqrt(d) and u_i = s_i v_i exactly."""
+  largest = jnp.max(jnp.stack([
+      jnp.max(jnp.abs(u.reshape(u.shape[0], -1)), axis=1).astype(jnp.float32)
+      for u in jax.tree.leaves(updates)]), axis=0)
+  scales = _power_of_two_at_least(jnp.where(mask, largest, 0.0))
+  return jax.tree.map(
+      lambda u: jnp.where(rows(mask, u), u / rows(scales, u).astype(u.dtype),
+                          0), updates), scales
+
+
+def norms(updates) -> jax.Array:
+  """float32[C]: ||u_i|| summed over leaves, without overflow (from
+  ``row_scaled``); +inf only when the norm itself exceeds float32."""
+  scaled, scales = row_scaled(updates, jnp.ones(
+      jax.tree.leaves(updates)[0].shape[0], bool))
+  return scales * jnp.sqrt(sq_norms(scaled))
+
+
+def unit_gram(scaled) -> tuple[jax.Array, jax.Array]:
+  """(<v_i / ||v_i||, v_j / ||v_j||>, ||v_i||) of ``row_scaled`` rows v:
+  the cosines of the updates, never overflowing; zero rows give zeros."""
+  g = gram(scaled)
+  reduced = jnp.sqrt(jnp.diagonal(g))
+  inverse = jnp.where(reduced > 0, 1 / jnp.where(reduced > 0, reduced, 1), 0)
+  return g * inverse[:, None] * inverse[None, :], reduced
+
+
 def gram(updates) -> jax.Array:
   """G[i, j] = <u_i, u_j> summed over leaves, in float32."""
   def leaf_gram(u):
@@ -81,15 +139,15 @@ def anchor(updates, mask: jax.Array):
   centre at the honest updates' scale, since far outliers have large norms.
   (A coordinate-wise median would do too, but sorting C values per
   coordinate costs far more than the Gram matrix itself on XLA:CPU.)"""
-  norms = jnp.where(mask, sq_norms(updates), jnp.inf)
-  best = jnp.argmin(norms)
+  best = jnp.argmin(jnp.where(mask, norms(updates), jnp.inf))
   return jax.tree.map(
       lambda u: jnp.where(jnp.any(mask), u[best], jnp.zeros_like(u[0])),
       updates)
 
 
 def robust_gram(updates, mask: jax.Array) -> jax.Array:
-  """The Gram matrix of the present updates centred on ``anchor``.
+  """The Gram matrix of the present updates centred on ``anchor``, divided
+  by their ``scale`` squared (so it never overflows).
 
   Distances are translation-invariant, but a Gram matrix of raw updates
   loses them to cancellation when every update sits far from the origin or
@@ -97,15 +155,18 @@ def robust_gram(updates, mask: jax.Array) -> jax.Array:
   honest updates near 0.
   """
   masked = zero_absent(updates, mask)
-  return gram(centered(masked, anchor(masked, mask)))
+  offsets = centered(masked, anchor(masked, mask))
+  return gram(divided(offsets, scale(offsets, mask)))
 
 
 def sq_distances(updates, mask: jax.Array) -> jax.Array:
-  """[C, C] squared distances between present updates; +inf where either
-  client is absent, 0 on the diagonal of present clients."""
+  """[C, C] squared distances between present updates, up to one positive
+  factor (the stack's ``scale`` squared: comparisons are exact, and nothing
+  overflows); +inf where either client is absent or a distance is not
+  finite, 0 on the diagonal of present clients."""
   d = distances_from_gram(robust_gram(updates, mask))
   both = mask[:, None] & mask[None, :]
-  d = jnp.where(both, d, jnp.inf)
+  d = jnp.where(both & jnp.isfinite(d), d, jnp.inf)
   return jnp.where(jnp.eye(d.shape[0], dtype=bool) & both, 0.0, d)
 
 

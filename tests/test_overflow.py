@@ -1,0 +1,108 @@
+"""Finite but huge updates never make a rule return NaN: honest rows plus f
+rows of norm 1e19, 1e30 and 3e38 (squares of float32 overflow from 1.8e19 on)
+give a finite aggregate within each rule's bound of the honest mean."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedround.aggregators import AGGREGATORS, build_aggregator
+
+CLIENTS, F = 12, 2
+HONEST = CLIENTS - F
+
+# rule spec -> how far (in honest radii R) its aggregate may land from the
+# honest mean; None: finiteness only (the mean has no robustness bound).
+ROBUST = {
+    'median': 2, f'trimmed_mean(f={F})': 2, f'meamed(f={F})': 2,
+    f'krum(f={F})': 1, f'multi_krum(f={F})': 1,
+    f'bulyan(f={F})': 2, f'mda(f={F})': 1, f'monna(f={F})': 1,
+    f'clip(max_norm=2) | median': 2, f'nnm(f={F}) | krum(f={F})': 1,
+    'bucketing(size=2) | median': 2, f'arc(f={F}) | median': 2,
+    f'arc(f={F}) | mean': 2, 'clip(max_norm=2) | mean': 3,
+    'mean': None, 'weighted_mean': None,
+}
+# Rules with bounds of their own: smoothed Weiszfeld starts from the mean,
+# as RFA's official code does, and each step shrinks the distance to the
+# honest cluster by about f / (n - f) or better, so after its 8 steps an
+# outlier still pulls it by ~1e-6 of the plain mean's error; centered
+# clipping starts from its state (zero here) and moves at most tau per
+# step; the Flag Aggregator averages unit-length updates (direction only,
+# checked by its cosine with the honest mean).
+SPECIAL = ('geometric_median', 'centered_clipping', 'flag')
+
+
+def _stack(norm, seed=0):
+  """Honest rows mu + 0.1 noise in two leaves, then F rows of ``norm``."""
+  rng = np.random.default_rng(seed)
+  mean = rng.normal(size=40).astype(np.float32)
+  mean /= np.linalg.norm(mean)
+  honest = mean + 0.1 * rng.normal(size=(HONEST, 40)).astype(np.float32)
+  directions = rng.normal(size=(F, 40))
+  directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+  byzantine = (directions * norm).astype(np.float32)
+  assert np.isfinite(byzantine).all()
+  flat = np.concatenate([honest, byzantine])
+  updates = {'a': jnp.asarray(flat[:, :30]),
+             'b': jnp.asarray(flat[:, 30:].reshape(CLIENTS, 2, 5))}
+  return updates, honest, jnp.ones(CLIENTS, jnp.float32)
+
+
+def _aggregate(spec, updates, weights):
+  rule = build_aggregator(spec, 'aggregator', num_clients=CLIENTS,
+                          population=CLIENTS)
+  params = jax.tree.map(lambda u: jnp.zeros(u.shape[1:], u.dtype), updates)
+  aggregate, _ = jax.jit(lambda u, w: rule.update(
+      u, rule.init(params), params, weights=w, key=jax.random.PRNGKey(0),
+      client_ids=jnp.arange(CLIENTS), round=jnp.int32(0)))(updates, weights)
+  return np.concatenate([np.asarray(aggregate['a']).ravel(),
+                         np.asarray(aggregate['b']).ravel()])
+
+
+@pytest.mark.parametrize('norm', [1e19, 1e30, 3e38])
+@pytest.mark.parametrize('spec', list(ROBUST) + list(SPECIAL))
+def test_huge_finite_updates_give_a_finite_bounded_aggregate(spec, norm):
+  updates, honest, weights = _stack(norm)
+  aggregate = _aggregate(spec, updates, weights)
+  assert np.isfinite(aggregate).all(), (spec, norm)
+  aggregate = aggregate.astype(np.float64)
+  mean = honest.mean(0).astype(np.float64)
+  radius = np.linalg.norm(honest - mean, axis=1).max()
+  if spec == 'geometric_median':
+    plain_error = np.linalg.norm(_aggregate('mean', updates, weights).astype(
+        np.float64) - mean)
+    assert np.linalg.norm(aggregate - mean) <= radius + 1e-5 * plain_error
+  elif spec == 'flag':
+    cosine = aggregate @ mean / np.linalg.norm(aggregate) / np.linalg.norm(mean)
+    assert cosine > 0.9, cosine
+  elif spec == 'centered_clipping':
+    # From v0 = 0 three steps of at most tau = 1 each, towards the honest.
+    assert np.linalg.norm(aggregate - mean) <= np.linalg.norm(mean) + radius
+  elif ROBUST[spec] is not None:
+    assert np.linalg.norm(aggregate - mean) <= ROBUST[spec] * radius, (
+        spec, norm, np.linalg.norm(aggregate - mean), radius)
+
+
+def test_every_robust_rule_and_pre_aggregator_is_covered():
+  covered = {spec.split('|')[-1].split('(')[0].strip() for spec in ROBUST}
+  covered |= {part.split('(')[0].strip() for spec in ROBUST
+              for part in spec.split('|')}
+  covered |= set(SPECIAL)
+  robust_family = {'median', 'trimmed_mean', 'meamed', 'krum', 'multi_krum',
+                   'geometric_median', 'centered_clipping', 'bulyan', 'mda',
+                   'monna', 'flag', 'clip', 'nnm', 'bucketing', 'arc',
+                   'mean', 'weighted_mean'}
+  assert robust_family <= covered
+  assert robust_family <= set(AGGREGATORS.names())
+
+
+def test_ordinary_stacks_give_the_same_distances_as_before():
+  """Dividing by a power of two is exact: Krum on a normal stack picks what
+  the unscaled squared distances pick."""
+  updates, _, weights = _stack(3.0)
+  flat = np.concatenate([np.asarray(updates['a']), np.asarray(
+      updates['b']).reshape(CLIENTS, -1)], axis=1).astype(np.float64)
+  distances = ((flat[:, None] - flat[None]) ** 2).sum(-1)
+  scores = np.sort(distances, axis=1)[:, 1:CLIENTS - F - 1].sum(1)
+  np.testing.assert_allclose(_aggregate(f'krum(f={F})', updates, weights),
+                             flat[np.argmin(scores)], rtol=1e-6)
