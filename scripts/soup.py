@@ -1,7 +1,7 @@
 """Model soups of the clients' fine-tuned models during a federated run
 (Wortsman et al., ICML 2022): greedy soup vs uniform soup vs the best single
 client model vs the global model vs the client models' majority vote and
-run-off election (Rezaei et al., ICLR 2023), every --every rounds, for each
+run-off election (Rezaei et al., ICML 2023), every --every rounds, for each
 seed.
 
   python scripts/soup.py --config experiments/soups.py --workdir runs/soups \

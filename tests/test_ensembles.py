@@ -1,5 +1,5 @@
 """Prediction-time voting of client models: majority vote and the run-off
-election (Rezaei et al., ICLR 2023) on hand-made ballots (ties in both
+election (Rezaei et al., ICML 2023) on hand-made ballots (ties in both
 rounds), against a per-example Python reference on random ballots full of
 ties, permutation invariance over models, jit and bad input."""
 from __future__ import annotations

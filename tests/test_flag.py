@@ -186,3 +186,17 @@ def test_memory_stays_linear_in_the_model_size():
   temp = compiled.memory_analysis().temp_size_in_bytes
   # At most the stack with absent rows masked, never d x d or a few stacks.
   assert temp < 2 * clients * size * 4 < size * size * 4
+
+
+def test_rescaled_flag_keeps_the_direction_at_the_median_norm():
+  from fedround.aggregators.flag import flag_rescaled
+  g = np.random.default_rng(3).normal(size=(5, 7)) * [[1], [2], [3], [4], [50]]
+  weights = jnp.ones(5)
+  direction = np.asarray(flag(g, rank=2, iterations=3))
+  rescaled = np.asarray(flag_rescaled(rank=2, iterations=3).update(
+      jnp.asarray(g, jnp.float32), (), weights=weights)[0])
+  norms = np.linalg.norm(g, axis=1)
+  np.testing.assert_allclose(np.linalg.norm(rescaled), np.median(norms),
+                             rtol=1e-5)
+  np.testing.assert_allclose(rescaled / np.linalg.norm(rescaled),
+                             direction / np.linalg.norm(direction), atol=1e-5)

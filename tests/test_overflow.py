@@ -20,6 +20,7 @@ ROBUST = {
     f'clip(max_norm=2) | median': 2, f'nnm(f={F}) | krum(f={F})': 1,
     'bucketing(size=2) | median': 2, f'arc(f={F}) | median': 2,
     f'arc(f={F}) | mean': 2, 'clip(max_norm=2) | mean': 3,
+    'flag_rescaled': 1,
     'mean': None, 'weighted_mean': None,
 }
 # Rules with bounds of their own: smoothed Weiszfeld starts from the mean,
@@ -90,7 +91,8 @@ def test_every_robust_rule_and_pre_aggregator_is_covered():
   covered |= set(SPECIAL)
   robust_family = {'median', 'trimmed_mean', 'meamed', 'krum', 'multi_krum',
                    'geometric_median', 'centered_clipping', 'bulyan', 'mda',
-                   'monna', 'flag', 'clip', 'nnm', 'bucketing', 'arc',
+                   'monna', 'flag', 'flag_rescaled', 'clip', 'nnm',
+                   'bucketing', 'arc',
                    'mean', 'weighted_mean'}
   assert robust_family <= covered
   assert robust_family <= set(AGGREGATORS.names())

@@ -3,7 +3,7 @@
 global model with its local training, and the server compares the global
 model, the best single client model, the uniform and greedy soups and the
 ensembles of the client models voting at prediction time (majority vote and
-run-off election, Rezaei et al., ICLR 2023), choosing on its proxy set and
+run-off election, Rezaei et al., ICML 2023), choosing on its proxy set and
 scoring on the test split.
 
 run_soups(config, workdir, every, seeds) trains in stages and takes the
@@ -241,7 +241,7 @@ def soups_markdown(rows: list[dict], final_round: int) -> str:
            '(ddof=1). The best single model and the greedy soup are chosen '
            'on the proxy set; the test split is disjoint from it. '
            'majority_vote and runoff_election: the client models voting '
-           'their predictions (Rezaei et al., ICLR 2023). mean_client: the '
+           'their predictions (Rezaei et al., ICML 2023). mean_client: the '
            'mean accuracy of the client models.', '',
            '| method | test accuracy | proxy accuracy | ingredients |',
            '|---|---|---|---|']

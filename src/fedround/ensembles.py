@@ -27,7 +27,7 @@ def majority_vote(logits: jax.Array) -> jax.Array:
 
 
 def runoff_election(logits: jax.Array) -> jax.Array:
-  """Run-off election (Rezaei et al., ICLR 2023).
+  """Run-off election (Rezaei et al., ICML 2023).
 
   Round 1: the two classes m1, m2 with the most argmax votes (ties to the
   smaller index). Round 2: e = #{models whose logit for m1 > logit for

@@ -79,6 +79,35 @@ def flag_aggregator(rank: int = 1, iterations: int = 1, lam: float = 0.0,
   return stateless(aggregate)
 
 
+def flag_rescaled(rank: int = 1, iterations: int = 1, lam: float = 0.0,
+                  eps: float = 1e-7,
+                  num_clients: int | None = None) -> Aggregator:
+  """The Flag Aggregator's direction at the updates' scale: its output
+  rescaled to the median norm of the present updates.
+
+  The Flag Aggregator (Almasi et al., ICLR 2024) averages unit-length
+  updates, so its step length ignores how large the updates are (about
+  n_used / r for aligned updates, whatever their norm); this variant keeps
+  its direction and takes the step length of a typical client, so it
+  compares with rules that return an update of the clients' own scale.
+  The median norm is robust: fewer than half the clients cannot move it
+  past the honest norms. Not in the paper.
+  """
+  flag = flag_aggregator(rank, iterations, lam, eps, num_clients)
+
+  def aggregate(updates, weights):
+    present = stack.present(weights)
+    direction, _ = flag.update(updates, (), weights=weights)
+    norms = stack.norms(stack.zero_absent(updates, present))
+    target = stack.masked_median(norms, present)
+    length = stack.norms(jax.tree.map(lambda d: d[None], direction))[0]
+    factor = jnp.where(length > 0, target / jnp.where(length > 0, length, 1),
+                       0)
+    return jax.tree.map(lambda d: (d * factor).astype(d.dtype), direction)
+
+  return stateless(aggregate)
+
+
 def _flag_subspace(unit_gram, used, rank, iterations, lam, eps):
   """IRLS for the flag median; returns Y's coefficients A (C x rank)."""
 
