@@ -36,6 +36,21 @@ def tiny_federation():
   return FederatedData.from_clients(xs, ys, xs[0], ys[0], num_classes=3)
 
 
+def tiny_digits(rounds=2):
+  """fedavg_digits at its smallest: 8 clients, 4 a round, 2 local steps of
+  logistic regression, evaluated and checkpointed every 2 rounds."""
+  import fedavg_digits
+  config = fedavg_digits.get_config()
+  config.data.num_clients = 8
+  config.model = 'logistic'
+  config.clients_per_round = 4
+  config.client.local_steps = 2
+  config.rounds = rounds
+  config.eval_every = config.checkpoint_every = 2
+  config.progress = False
+  return config
+
+
 def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
   import numpy as np
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)

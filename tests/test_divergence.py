@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import fedavg_digits
+from conftest import tiny_digits
 from fedround import train
 from fedround.aggregators import AGGREGATORS
 from fedround.aggregators.base import stateless
@@ -21,16 +21,6 @@ from fedround.registry import ConfigError
 from fedround.rounds import make_rounds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tiny():
-  config = fedavg_digits.get_config()
-  config.data.num_clients = 8
-  config.model = 'logistic'
-  config.clients_per_round = 4
-  config.client.local_steps = 2
-  config.progress = False
-  return config
 
 
 def _row(**values):
@@ -67,7 +57,7 @@ def test_watch_counts_unhealthy_streaks_and_halts():
 ])
 def test_non_finite_or_bad_hyper_parameters_fail_at_config_time(field,
                                                                  value):
-  config = _tiny()
+  config = tiny_digits()
   parent, _, name = field.rpartition('.')
   (config[parent] if parent else config)[name] = value
   with pytest.raises(ConfigError, match=field.split('.')[-1]):
@@ -83,7 +73,7 @@ if 'overflowing_mean' not in AGGREGATORS:
 
 def test_a_non_finite_aggregate_is_refused_and_counted():
   """The model, the server optimizer's and the rule's state stay."""
-  config = _tiny()
+  config = tiny_digits()
   config.aggregator = 'overflowing_mean'
   config.server.optimizer = 'adam'
   experiment = train.build(config)

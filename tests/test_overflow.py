@@ -1,6 +1,8 @@
 """Finite but huge updates never make a rule return NaN: honest rows plus f
 rows of norm 1e19, 1e30 and 3e38 (squares of float32 overflow from 1.8e19 on)
 give a finite aggregate within each rule's bound of the honest mean."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,13 +51,22 @@ def _stack(norm, seed=0):
   return updates, honest, jnp.ones(CLIENTS, jnp.float32)
 
 
-def _aggregate(spec, updates, weights):
+@functools.cache
+def _jitted(spec):
+  """The rule's update from its initial state, jitted once per spec."""
   rule = build_aggregator(spec, 'aggregator', num_clients=CLIENTS,
                           population=CLIENTS)
-  params = jax.tree.map(lambda u: jnp.zeros(u.shape[1:], u.dtype), updates)
-  aggregate, _ = jax.jit(lambda u, w: rule.update(
-      u, rule.init(params), params, weights=w, key=jax.random.PRNGKey(0),
-      client_ids=jnp.arange(CLIENTS), round=jnp.int32(0)))(updates, weights)
+
+  def aggregate(updates, weights):
+    params = jax.tree.map(lambda u: jnp.zeros(u.shape[1:], u.dtype), updates)
+    return rule.update(updates, rule.init(params), params, weights=weights,
+                       key=jax.random.PRNGKey(0),
+                       client_ids=jnp.arange(CLIENTS), round=jnp.int32(0))[0]
+  return jax.jit(aggregate)
+
+
+def _aggregate(spec, updates, weights):
+  aggregate = _jitted(spec)(updates, weights)
   return np.concatenate([np.asarray(aggregate['a']).ravel(),
                          np.asarray(aggregate['b']).ravel()])
 

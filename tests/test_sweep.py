@@ -11,24 +11,11 @@ import pytest
 
 import fedavg_digits
 import fedavg_synthetic
-from conftest import assert_trees_close
+from conftest import assert_trees_close, tiny_digits
 from fedround import sweep, train
 from fedround.registry import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tiny_digits():
-  config = fedavg_digits.get_config()
-  config.data.num_clients = 8
-  config.model = 'logistic'
-  config.clients_per_round = 4
-  config.client.local_steps = 2
-  config.rounds = 2
-  config.eval_every = 2
-  config.checkpoint_every = 2
-  config.progress = False
-  return config
 
 
 def _sweep_cli(*args):
@@ -45,7 +32,7 @@ def _sweep_cli(*args):
 def test_two_by_two_sweep_runs_then_skips(tmp_path):
   grid = sweep.product(sweep.sweep('aggregator', ['mean', 'weighted_mean']),
                        sweep.sweep('seed', [0, 1]))
-  runs = sweep.plan(_tiny_digits(), grid, str(tmp_path))
+  runs = sweep.plan(tiny_digits(), grid, str(tmp_path))
   result = sweep.execute(runs, progress=False)
   assert sorted(result.finished) == sorted(os.listdir(tmp_path)) == [
       'aggregator=mean,seed=0', 'aggregator=mean,seed=1',
@@ -70,7 +57,7 @@ def test_failing_run_does_not_stop_the_others(tmp_path):
   error is caught by plan, before anything runs); the others, in two worker
   processes, finish."""
   grid = sweep.sweep('clients_per_round', [2, 3, 4])
-  runs = sweep.plan(_tiny_digits(), grid, str(tmp_path))
+  runs = sweep.plan(tiny_digits(), grid, str(tmp_path))
   corrupt = tmp_path / 'clients_per_round=3' / 'checkpoints' / '2'
   corrupt.mkdir(parents=True)
   (corrupt / 'junk').write_text('not a checkpoint')
@@ -88,7 +75,7 @@ def test_failing_run_does_not_stop_the_others(tmp_path):
 def test_impossible_runs_fail_before_any_starts(tmp_path):
   grid = sweep.sweep('clients_per_round', [2, 99])
   with pytest.raises(ConfigError, match=r'clients_per_round=99: .*1\.\.8'):
-    sweep.plan(_tiny_digits(), grid, str(tmp_path))
+    sweep.plan(tiny_digits(), grid, str(tmp_path))
   assert not list(tmp_path.iterdir())
 
 

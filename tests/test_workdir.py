@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import fedavg_digits
+from conftest import tiny_digits
 from fedround import train
 from fedround.workdir import SET_ASIDE, RunError
 
@@ -29,18 +29,6 @@ def _train_cli(workdir, *args, config='experiments/fedavg_digits.py'):
       [sys.executable, 'scripts/train.py', '--config', config, '--workdir',
        str(workdir), *TINY, *args], cwd=ROOT, capture_output=True, text=True,
       timeout=300)
-
-
-def _tiny(rounds):
-  config = fedavg_digits.get_config()
-  config.data.num_clients = 8
-  config.model = 'logistic'
-  config.clients_per_round = 4
-  config.client.local_steps = 2
-  config.rounds = rounds
-  config.eval_every = config.checkpoint_every = 2
-  config.progress = False
-  return config
 
 
 def _error_line(out):
@@ -167,7 +155,7 @@ def test_a_second_run_on_a_workdir_refuses_naming_the_holder(tmp_path):
     time.sleep(0.05)
   with pytest.raises(RunError, match=rf'in use by another run \(pid '
                      rf'{first.pid}\)'):
-    train.run(_tiny(40), str(workdir))
+    train.run(tiny_digits(40), str(workdir))
   _, stderr = first.communicate(timeout=300)
   assert first.returncode == 0, stderr
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
@@ -177,20 +165,20 @@ def test_a_second_run_on_a_workdir_refuses_naming_the_holder(tmp_path):
 def test_a_stale_lock_is_taken_over(tmp_path):
   """A killed run leaves its pid in the lock file but holds no lock."""
   (tmp_path / 'lock').write_text('999999\n')
-  assert train.run(_tiny(2), str(tmp_path)).summary['rounds'] == 2
+  assert train.run(tiny_digits(2), str(tmp_path)).summary['rounds'] == 2
   assert (tmp_path / 'lock').read_text().strip() == str(os.getpid())
 
 
 def test_rounds_below_those_done_are_refused_and_a_rerun_keeps_timings(
     tmp_path):
-  first = train.run(_tiny(4), str(tmp_path)).summary
+  first = train.run(tiny_digits(4), str(tmp_path)).summary
   with pytest.raises(RunError, match=r'4 rounds are already trained, more '
                      r'than config.rounds=2'):
-    train.run(_tiny(2), str(tmp_path))
+    train.run(tiny_digits(2), str(tmp_path))
   assert json.loads((tmp_path / 'config.json').read_text())['rounds'] == 4
-  again = train.run(_tiny(4), str(tmp_path)).summary
+  again = train.run(tiny_digits(4), str(tmp_path)).summary
   assert again == first == json.loads((tmp_path / 'summary.json').read_text())
-  longer = train.run(_tiny(6), str(tmp_path)).summary
+  longer = train.run(tiny_digits(6), str(tmp_path)).summary
   assert longer['resumed_from'] == 4 and longer['rounds'] == 6
   assert json.loads((tmp_path / 'config.json').read_text())['rounds'] == 6
 
