@@ -1,7 +1,8 @@
 """Momentum and drift correction across data heterogeneity
 (ALGORITHMS.md section 5): FedAvg, FedAvgM, FedAdam, FedYogi (server
 optimizers on the pseudo-gradient), FedProx, SCAFFOLD, FedAvg-M and
-SCAFFOLD-M (client algorithms with state across rounds), on digits with
+SCAFFOLD-M (client algorithms with state across rounds; on Synthetic also
+FedProx at its paper's mu = 1), on digits with
 Dirichlet label skew alpha in {0.05, 0.5, 100} (a CNN) and on FedProx's
 Synthetic(alpha, beta) in {(0,0), (0.5,0.5), (1,1)} (logistic regression).
 
@@ -45,6 +46,11 @@ METHODS = {
     'fedavg_m': {'client.algorithm': 'fedavg_m(beta=0.1)'},
     'scaffold_m': {'client.algorithm': 'scaffold_m(beta=0.1)'},
 }
+# FedProx's own setting on Synthetic (Li et al., MLSys 2020): mu = 1.
+PAPER_SETTINGS = {
+    'digits': {},
+    'synthetic': {'fedprox_paper': {'client.algorithm': 'fedprox(mu=1.0)'}},
+}
 HETEROGENEITY = {
     'digits': [{'data.alpha': a} for a in (0.05, 0.5, 100.0)],
     'synthetic': [{'data.alpha': a, 'data.beta': a} for a in (0.0, 0.5, 1.0)],
@@ -53,10 +59,11 @@ HETEROGENEITY = {
 
 def get_config(arg=None):
   variant = parse_variant(arg, data='digits', method='fedavg', alpha=0.5)
-  if variant.data not in HETEROGENEITY or variant.method not in METHODS:
+  methods = {**METHODS, **PAPER_SETTINGS.get(variant.data, {})}
+  if variant.data not in HETEROGENEITY or variant.method not in methods:
     raise ValueError(f'data={variant.data!r}, method={variant.method!r}: '
                      f'valid data: {", ".join(HETEROGENEITY)}; valid '
-                     f'methods: {", ".join(METHODS)}')
+                     f'methods: {", ".join(methods)}')
   config = base_config()
   if variant.data == 'digits':
     config.data = dict(name='digits', num_clients=50, alpha=variant.alpha,
@@ -75,7 +82,7 @@ def get_config(arg=None):
   config.client.batch_size = 10
   config.client.local_steps = 20
   config.client.local_epochs = 0
-  for field, value in METHODS[variant.method].items():
+  for field, value in methods[variant.method].items():
     section, name = field.split('.')
     config[section][name] = value
   config.eval_every = 5
@@ -85,5 +92,5 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
   data = parse_variant(arg, data='digits', method='fedavg', alpha=0.5).data
-  return product(HETEROGENEITY[data], list(METHODS.values()),
-                 sweep('seed', [0, 1, 2]))
+  methods = [*METHODS.values(), *PAPER_SETTINGS[data].values()]
+  return product(HETEROGENEITY[data], methods, sweep('seed', [0, 1, 2]))
