@@ -86,7 +86,7 @@ def _tree_all_finite(tree):
   return jnp.stack(leaves).all(axis=0)
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
   """bool scalar: every floating-point value of ``tree`` is finite."""
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
                             jax.tree.leaves(tree)
@@ -253,7 +253,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
           state.opt_state, aggregate)
     # A non-finite aggregate or model is refused: the server keeps its
     # model, optimizer and rule state, and the clients their store.
-    accepted = _all_finite((aggregate, params))
+    accepted = all_finite((aggregate, params))
     params, opt_state, agg_state = jax.tree.map(
         lambda new, old: jnp.where(accepted, new, old),
         (params, opt_state, agg_state),

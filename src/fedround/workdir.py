@@ -24,6 +24,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from fedround.rounds import all_finite
+
 SET_ASIDE = 'set_aside'
 _ORBAX_TMP = '.orbax-checkpoint-tmp'
 
@@ -102,12 +104,6 @@ def _leaves_problem(restored, expected) -> str | None:
   return None
 
 
-def all_finite(tree) -> bool:
-  """Whether every floating-point value of ``tree`` is finite."""
-  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)
-             if jnp.issubdtype(jnp.result_type(x), jnp.inexact))
-
-
 class Checkpoints:
   """The checkpoints of one workdir, keeping the newest ``keep`` steps."""
 
@@ -168,7 +164,7 @@ class Checkpoints:
   def save(self, step: int, state) -> bool:
     """Saves ``state`` unless it holds non-finite values (then the newest
     good checkpoint stays, and this says so)."""
-    if not all_finite(state):
+    if not bool(all_finite(state)):
       logging.warning('round %d: state is not finite; not saved over the '
                       'last good checkpoint in %s', step, self.directory)
       return False

@@ -98,8 +98,7 @@ def flag_rescaled(rank: int = 1, iterations: int = 1, lam: float = 0.0,
   def aggregate(updates, weights):
     present = stack.present(weights)
     direction, _ = flag.update(updates, (), weights=weights)
-    norms = stack.norms(stack.zero_absent(updates, present))
-    target = stack.masked_median(norms, present)
+    target = stack.masked_median(stack.norms(updates), present)
     length = stack.norms(jax.tree.map(lambda d: d[None], direction))[0]
     factor = jnp.where(length > 0, target / jnp.where(length > 0, length, 1),
                        0)

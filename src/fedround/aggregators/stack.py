@@ -77,13 +77,18 @@ def _power_of_two_at_least(x: jax.Array) -> jax.Array:
                    jnp.clip(exponent, -126, 125).astype(jnp.int32))
 
 
+def _row_largest(updates) -> jax.Array:
+  """float32[C]: each row's largest |value| over all leaves."""
+  return jnp.max(jnp.stack([
+      jnp.max(jnp.abs(u.reshape(u.shape[0], -1)), axis=1).astype(jnp.float32)
+      for u in jax.tree.leaves(updates)]), axis=0)
+
+
 def scale(updates, mask: jax.Array) -> jax.Array:
   """A power of two >= the largest |value| of the present rows (1 when
   they are all zero): ``updates / scale`` squares without overflow."""
-  largest = jnp.max(jnp.stack([
-      jnp.max(jnp.where(rows(mask, u), jnp.abs(u), 0)).astype(jnp.float32)
-      for u in jax.tree.leaves(updates)]))
-  return _power_of_two_at_least(largest)
+  return _power_of_two_at_least(
+      jnp.max(jnp.where(mask, _row_largest(updates), 0.0)))
 
 
 def divided(updates, by: jax.Array):
@@ -94,10 +99,7 @@ def row_scaled(updates, mask: jax.Array):
   """(v, s): v_i = u_i / s_i on the ``mask`` rows (zero elsewhere), s_i
   a power of two >= the row's largest |value| (``_power_of_two_at_least``),
   so ||v_i|| <= 8 sqrt(d) and u_i = s_i v_i exactly."""
-  largest = jnp.max(jnp.stack([
-      jnp.max(jnp.abs(u.reshape(u.shape[0], -1)), axis=1).astype(jnp.float32)
-      for u in jax.tree.leaves(updates)]), axis=0)
-  scales = _power_of_two_at_least(jnp.where(mask, largest, 0.0))
+  scales = _power_of_two_at_least(jnp.where(mask, _row_largest(updates), 0.0))
   return jax.tree.map(
       lambda u: jnp.where(rows(mask, u), u / rows(scales, u).astype(u.dtype),
                           0), updates), scales
