@@ -80,7 +80,10 @@ def test_weighted_and_uniform_mean_differ_by_weights():
 
 
 def _digits_experiment(**client):
+  """fedavg_digits with logistic regression: the vmapped round and the
+  Python loop must agree whatever the model; its CNN is test_round's."""
   config = fedavg_digits.get_config()
+  config.model = 'logistic'
   config.data.num_clients = 20
   config.clients_per_round = 6
   config.shard = False

@@ -25,15 +25,17 @@ def _run_rounds(config, rounds):
 
 
 def test_sharded_round_equals_single_device():
+  """The default jobs (fedavg_digits, fedavg_synthetic) as configured, for
+  one chunk of eval_every rounds: the unsharded chunk is the program
+  test_train's default-job run compiles, so the suite builds it once."""
   assert jax.device_count() == 8
   for get_config in (fedavg_digits.get_config, fedavg_synthetic.get_config):
     config = get_config()
-    config.clients_per_round = 10  # not divisible by 8: padded to 16
-    config.client.local_epochs = 1 if config.client.local_epochs else 0
+    assert config.clients_per_round == 10  # not divisible by 8: padded to 16
     results = {}
     for shard in (False, True):
       config.shard = shard
-      experiment, state, metrics = _run_rounds(config, 3)
+      experiment, state, metrics = _run_rounds(config, config.eval_every)
       results[shard] = (state.params, metrics)
     assert experiment.mesh is not None and experiment.mesh.size == 8
     assert experiment.round.cohort_buffer == 16
@@ -46,8 +48,10 @@ def test_sharded_round_equals_single_device():
 def test_sharded_client_updates_are_per_client():
   """Guards the shard_map pitfall: replicated params get summed gradients
   across devices unless made device-varying. One client per device makes
-  the per-client deltas distinct; they must match the unsharded ones."""
+  the per-client deltas distinct; they must match the unsharded ones. On
+  logistic regression: the pitfall is the gradient's, whatever the model."""
   config = fedavg_digits.get_config()
+  config.model = 'logistic'
   config.clients_per_round = 8
   config.client.local_steps = 2
   deltas = {}
