@@ -35,9 +35,11 @@ def test_every_cell_of_the_full_grid_configures(tmp_path):
 
 # make test's cells: every attack once, on rules of each kind (coordinate-
 # wise, distance, iterative, stateful, subspace, a pre-aggregator chain).
-REDUCED = {'median': 'sign_flip', 'trimmed_mean': 'ipm', 'krum': 'alie',
-           'geometric_median': 'optimal_ipm',
-           'centered_clipping': 'optimal_alie', 'bulyan': 'gaussian',
+# The optimal attacks search over the rule they face, so they meet the
+# cheap coordinate-wise rules (the iterative ones would compile twice).
+REDUCED = {'median': 'optimal_ipm', 'trimmed_mean': 'optimal_alie',
+           'krum': 'alie', 'geometric_median': 'sign_flip',
+           'centered_clipping': 'ipm', 'bulyan': 'gaussian',
            'mda': 'nan', 'flag': 'mimic', 'nnm_krum': 'label_flip'}
 
 
