@@ -27,7 +27,10 @@ accuracy) and accuracy curves, one panel per heterogeneity level:
 from fedround.config import base_config, parse_variant
 from fedround.sweep import product, sweep
 
-# Each method: the config fields it sets. Server learning rates were chosen
+# Each method: the config fields it sets; config.aggregator stays empty, so
+# each client algorithm aggregates as its paper does (weighted_mean for
+# FedAvg and FedProx, the uniform mean for SCAFFOLD, FedAvg-M, SCAFFOLD-M).
+# Server learning rates were chosen
 # once, on digits alpha=0.05 and Synthetic(1,1) with seed 0, from FedAvgM
 # {0.05, 0.1, 0.3} at momentum 0.9 (Hsu et al. 2019: effective step
 # lr/(1-momentum)) and FedAdam/Yogi {0.01, 0.03, 0.1} with eps 1e-3 (Reddi

@@ -2,6 +2,7 @@
 SCAFFOLD-M, DiLoCo): against a NumPy reference on a quadratic federation,
 SCAFFOLD's fix of client drift, the beta = 1 reductions, sharding, resume
 and bad input."""
+import json
 import os
 
 import flax.linen as nn
@@ -184,8 +185,9 @@ def test_scaffold_reaches_the_optimum_where_fedavg_drifts():
   assert distance['fedavg'] > 0.1, distance
 
 
-def _small(rounds, algorithm, **client):
+def _small(rounds, algorithm, aggregator='weighted_mean', **client):
   config = fedavg_synthetic.get_config()
+  config.aggregator = aggregator
   config.data.num_clients = 16  # the store splits over the 8 devices
   config.clients_per_round = 5
   config.rounds = rounds
@@ -209,16 +211,37 @@ def test_beta_one_is_the_plain_algorithm(momentum, plain, tmp_path):
     ('scaffold_m(beta=0.5)', {}),
     ('diloco', {'optimizer': 'adamw', 'learning_rate': 0.01})])
 def test_client_state_resumes_bit_exactly(algorithm, client, tmp_path):
+  """With config.aggregator left empty: the algorithm's own rule (the
+  uniform mean for both) is written to config.json and resumes."""
   stopped, fresh = str(tmp_path / 'stopped'), str(tmp_path / 'fresh')
-  train.run(_small(4, algorithm, **client), stopped)
-  resumed = train.run(_small(8, algorithm, **client), stopped)
+  small = lambda rounds: _small(rounds, algorithm, aggregator='', **client)
+  train.run(small(4), stopped)
+  with open(os.path.join(stopped, 'config.json')) as f:
+    assert json.load(f)['aggregator'] == 'mean'
+  resumed = train.run(small(8), stopped)
   assert resumed.summary['resumed_from'] == 4
-  straight = train.run(_small(8, algorithm, **client), fresh)
+  straight = train.run(small(8), fresh)
   store = resumed.state.client_state
   assert jax.tree.leaves(store.own or store.optimizer)  # state is kept
   for a, b in zip(jax.tree.leaves(resumed.state),
                   jax.tree.leaves(straight.state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize('algorithm, rule', [
+    ('fedavg', 'weighted_mean'), ('fedprox(mu=1.0)', 'weighted_mean'),
+    ('scaffold', 'mean'), ('fedavg_m', 'mean'), ('scaffold_m(beta=0.5)', 'mean'),
+    ('diloco', 'mean')])
+def test_an_empty_aggregator_is_the_papers_rule(algorithm, rule):
+  """SCAFFOLD, FedAvg-M, SCAFFOLD-M and DiLoCo average the cohort
+  uniformly in their papers; FedAvg and FedProx (its code) by examples. A
+  rule that is set stays, and the caller's config is not changed."""
+  config = _small(2, algorithm, aggregator='')
+  assert train.resolve(config).aggregator == rule
+  assert train.build(config).config.aggregator == rule
+  assert config.aggregator == ''
+  config.aggregator = 'median'
+  assert train.resolve(config).aggregator == 'median'
 
 
 def test_replicas_with_client_state_equal_separate_runs(tmp_path):

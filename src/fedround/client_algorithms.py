@@ -44,6 +44,8 @@ class ClientAlgorithm(NamedTuple):
     ``own_*`` are the cohort's rows [C, ...], ``usable`` bool[C], and
     ``step_scale`` = eta * K, the client learning rate times the local
     steps, so that -aggregate / step_scale is the mean local direction.
+  aggregator: how its paper combines the cohort, the run's rule when
+    ``config.aggregator`` is left empty.
   """
   init_own: Callable
   init_shared: Callable
@@ -52,6 +54,7 @@ class ClientAlgorithm(NamedTuple):
   update_shared: Callable
   keeps_optimizer_state: bool = False
   needs_mean_gradient: bool = False
+  aggregator: str = 'weighted_mean'
 
 
 def _none(params):
@@ -126,7 +129,8 @@ def fedavg_m(beta: float = 0.1) -> ClientAlgorithm:
   the last round's mean local direction, broadcast by the server (zero
   before the first round). beta = 1 is FedAvg. The server step stays
   w + lr * aggregate, which is the paper's w - gamma g with gamma =
-  lr * eta * K."""
+  lr * eta * K. The paper averages the cohort uniformly (1/|S|), so its
+  default rule is ``mean``."""
   _check_unit('beta', beta)
 
   def direction(grad, local, global_params, own, g):
@@ -136,7 +140,8 @@ def fedavg_m(beta: float = 0.1) -> ClientAlgorithm:
                     population):
     return _global_direction(aggregate, step_scale)
 
-  return ClientAlgorithm(_none, _zeros, direction, _keep, update_shared)
+  return ClientAlgorithm(_none, _zeros, direction, _keep, update_shared,
+                         aggregator='mean')
 
 
 class ScaffoldShared(NamedTuple):
@@ -151,7 +156,8 @@ def scaffold_m(beta: float = 0.1) -> ClientAlgorithm:
   training, c_i = (1/K) sum_k grad at its local iterates, and the server
   sets c <- c + (1/N) sum_{i in S} (c_i new - c_i old). beta = 1 is
   SCAFFOLD. State: c and g on the server, c_i for all N clients (zero at
-  the start)."""
+  the start). Both papers average the cohort's deltas uniformly (1/|S|),
+  so the default rule is ``mean``."""
   _check_unit('beta', beta)
 
   def direction(grad, local, global_params, c_i, shared):
@@ -170,7 +176,7 @@ def scaffold_m(beta: float = 0.1) -> ClientAlgorithm:
   return ClientAlgorithm(
       _zeros, lambda params: ScaffoldShared(_zeros(params), _zeros(params)),
       direction, lambda c_i, mean_gradient: mean_gradient, update_shared,
-      needs_mean_gradient=True)
+      needs_mean_gradient=True, aggregator='mean')
 
 
 @CLIENT_ALGORITHMS.register('scaffold')
@@ -186,10 +192,13 @@ def diloco() -> ClientAlgorithm:
   Low-Communication Training of Language Models", 2023): the client's
   optimizer (AdamW in the paper: ``config.client.optimizer = 'adamw'``)
   keeps its state between the client's rounds. Pair it with the outer
-  optimizer, SGD with Nesterov momentum (``config.server.optimizer``)."""
+  optimizer, SGD with Nesterov momentum (``config.server.optimizer``). The
+  outer gradient is the workers' uniform mean (its Algorithm 1), so the
+  default rule is ``mean``."""
   return ClientAlgorithm(_none, _none,
                          lambda grad, local, global_, own, shared: grad,
-                         _keep, _unchanged, keeps_optimizer_state=True)
+                         _keep, _unchanged, keeps_optimizer_state=True,
+                         aggregator='mean')
 
 
 def init_client_state(algorithm: ClientAlgorithm, params, population: int,

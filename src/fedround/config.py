@@ -43,8 +43,11 @@ def base_config() -> ml_collections.ConfigDict:
       # What each client sends (fedround.messages): identity (its float32
       # delta), signs (1 bit a coordinate), ranks (FRL's edge rankings).
       message='identity'))
-  # Pre-aggregators and one rule, joined by '|'.
-  c.aggregator = 'weighted_mean'
+  # Pre-aggregators and one rule, joined by '|'; empty: the client
+  # algorithm's own, as its paper aggregates (weighted_mean for fedavg and
+  # fedprox, the uniform mean for scaffold, fedavg_m, scaffold_m, diloco).
+  # A run writes the rule it used into its config.json.
+  c.aggregator = ''
   # Simulated Byzantine clients: an attack spec (fedround.attacks.ATTACKS)
   # and who attacks: a fraction of the N clients or explicit client ids.
   c.attack = ml_collections.ConfigDict(dict(name='none', fraction=0.0,

@@ -133,9 +133,23 @@ class _Parts(NamedTuple):
   message: Any
 
 
-def _parts(config: ml_collections.ConfigDict) -> _Parts:
-  """Every part of a run that needs no device, built from the config."""
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with an empty ``aggregator`` set to the client algorithm's
+  own (ClientAlgorithm.aggregator, its paper's rule); a copy when it
+  changes, so the caller's config stays as written."""
   config_lib.validate(config)
+  if config.aggregator:
+    return config
+  algorithm = CLIENT_ALGORITHMS.build(config.client.algorithm,
+                                      'config.client.algorithm')
+  config = config.copy_and_resolve_references()
+  config.aggregator = algorithm.aggregator
+  return config
+
+
+def _parts(config: ml_collections.ConfigDict) -> _Parts:
+  """Every part of a run that needs no device, built from a resolved
+  config."""
   data = load_data(config)
   participation = PARTICIPATION.build(
       config.participation, 'config.participation',
@@ -236,11 +250,13 @@ def _check_probabilistic(config, model, data) -> None:
 def check(config: ml_collections.ConfigDict) -> None:
   """Every check of ``build`` (fields, numbers, component names and
   parameters, against the data), so a sweep can vet all its runs up front."""
-  _parts(config)
+  _parts(resolve(config))
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
-  """Validates the config and builds every part; all errors happen here."""
+  """Validates the config and builds every part; all errors happen here.
+  ``Experiment.config`` is the config resolved (``resolve``)."""
+  config = resolve(config)
   parts = _parts(config)
   mesh = make_mesh() if config.shard else None
   round_ = make_round(client=parts.client, aggregator=parts.aggregator,
@@ -368,6 +384,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   checkpoint; holds the workdir (fedround.workdir) while it runs."""
   with hold(workdir):
     experiment = build(config)
+    config = experiment.config
     check_resumable(config, workdir)
     return _train(experiment, [config], [workdir], replicas=False)[0]
 
@@ -381,6 +398,7 @@ def run_replicas(configs: list[ml_collections.ConfigDict],
   with contextlib.ExitStack() as held:
     for workdir in workdirs:
       held.enter_context(hold(workdir))
+    configs = [resolve(config) for config in configs]
     experiment = build(configs[0])
     for config, workdir in zip(configs, workdirs):
       check(config)
