@@ -1,6 +1,8 @@
-"""FRL (Mozaffari et al., "FRL: Federated Rank Learning", USENIX Security
-2023; ALGORITHMS.md section 4) against FedAvg and the coordinate-wise
-trimmed mean, with 0, 10 and 20% of the clients malicious, on digits.
+"""FRL (Mozaffari et al., "Every Vote Counts: Ranking-Based Training of
+Federated Learning to Resist Poisoning Attacks", USENIX Security 2023, on
+arXiv as "FRL: Federated Rank Learning"; ALGORITHMS.md section 4) against
+FedAvg and the coordinate-wise trimmed mean, with 0, 10 and 20% of the
+clients malicious, on digits.
 
 FRL trains a supermask MLP (frozen signed-constant weights, trainable
 scores, the top half of each layer's edges kept), sends rankings (0.48 of
@@ -15,8 +17,14 @@ digits has 1,437 training images, so 50 clients of about 29 (Dirichlet
 alpha 1.0, FRL's non-iid degree) and 20 a round, as experiments/byzantine.py
 does: enough voters that the 2 or 4 malicious ones expected at 10 or 20%
 stay a minority, and trimmed_mean(f=4) trims 20% of a cohort. Local
-training: 2 epochs of batch 8 (FRL's MNIST config), with FRL's SGD at lr 0.4
-and momentum 0.9 for the scores and plain SGD at lr 0.1 for the weights.
+training: 2 epochs of batch 8 (FRL's MNIST config). The scores train as in
+FRL's code (FL_train.py, args.py): SGD at lr 0.4 x 0.999^round, momentum
+0.9, weight decay 1e-4, the lr annealed by a cosine over the local epochs
+(CosineAnnealingLR(T_max=epochs) stepped each epoch: 1, then 0.5). The
+baselines' real weights train with plain SGD at lr 0.1. Every method's
+cohort is drawn again while half or more of it is malicious, as FRL's code
+does for FRL and its baselines (attack.redraw_share = 0.5). FRL's code
+runs 2,000 rounds; this grid runs 100.
 
 One run (variants: method=frl|fedavg|trimmed_mean, fraction, attack):
 
@@ -41,8 +49,11 @@ from fedround.sweep import apply_overrides
 # Each method: the config fields it sets, aggregator first (run names).
 METHODS = {
     'frl': {'aggregator': 'frl_vote', 'client.message': 'ranks',
-            'model': 'supermask_mlp', 'client.optimizer': 'sgd(momentum=0.9)',
-            'client.learning_rate': 0.4},
+            'model': 'supermask_mlp',
+            'client.optimizer': 'sgd(momentum=0.9, weight_decay=1e-4)',
+            'client.learning_rate': 0.4,
+            'client.schedule': 'exponential(rate=0.999)',
+            'client.local_schedule': 'cosine'},
     'fedavg': {'aggregator': 'weighted_mean', 'client.message': 'identity',
                'model': 'mlp', 'client.optimizer': 'sgd',
                'client.learning_rate': 0.1},
@@ -74,6 +85,7 @@ def get_config(arg=None):
   config.client.batch_size = 8
   config.client.local_steps = 0
   config.client.local_epochs = 2
+  config.attack.redraw_share = 0.5
   config.eval_every = 5
   config.checkpoint_every = 50
   return apply_overrides(config, _overrides(variant.method, variant.fraction,

@@ -108,6 +108,40 @@ def _one_round(data, *, attack='none', ids=(), fraction=0.0,
   return jax.jit(round_.fn)(state, data)
 
 
+def test_a_cohort_at_least_half_byzantine_is_redrawn():
+  """FRL's code redraws a cohort while half or more of it is malicious:
+  with clients 0-3 of 8 Byzantine and cohorts of 4, about half the draws
+  hold 2 or more of them; every kept cohort holds at most 1, and the
+  redraws are counted. With redraw_share = 0 the cohorts are the plain
+  draws."""
+  agg = build_aggregator('mean')
+  model = MODELS.build('logistic', 'model', num_classes=3)
+  client = make_client(model.apply, optax.sgd, batch_size=2,
+                       max_examples=2, local_steps=1)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))
+  state = init_server_state(params, server_optimizer=optax.sgd,
+                            aggregator=agg, key=jax.random.PRNGKey(0),
+                            client_learning_rate=0.1,
+                            server_learning_rate=1.0)
+  byzantine = np.arange(8) < 4
+  cohorts = {}
+  for share in (0.0, 0.5):
+    round_ = make_round(client=client, aggregator=agg,
+                        server_optimizer=optax.sgd,
+                        participation=uniform(8, 4), byzantine_ids=(0, 1, 2, 3),
+                        redraw_share=share)
+    cohort = jax.jit(round_.cohort)
+    cohorts[share] = [np.asarray(cohort(state.replace(round=jnp.int32(r)))[0])
+                      for r in range(40)]
+  plain = [int(byzantine[ids].sum()) for ids in cohorts[0.0]]
+  kept = [int(byzantine[ids].sum()) for ids in cohorts[0.5]]
+  assert max(kept) <= 1 and max(plain) >= 2, (plain, kept)
+  for before, after, count in zip(cohorts[0.0], cohorts[0.5], plain):
+    if count <= 1:  # a cohort that needed no redraw is the plain draw
+      np.testing.assert_array_equal(before, after)
+  assert len({tuple(sorted(ids)) for ids in cohorts[0.5]}) > 5
+
+
 def test_nan_and_inf_attacks_are_excluded_and_counted(tiny_federation):
   clean, _ = _one_round(tiny_federation)
   for name in ('nan', 'inf'):
@@ -169,6 +203,8 @@ def test_attack_config_errors():
       ('name', 'alei', "unknown attack 'alei'"),
       ('fraction', 1.5, 'config.attack.fraction must be a number in [0, 1)'),
       ('ids', (1, 1), 'repeated clients'),
+      ('redraw_share', 1.5, 'config.attack.redraw_share must be a number in '
+       '[0, 1] (0: never redraw a cohort), got 1.5'),
   ]:
     bad = config.copy_and_resolve_references()
     bad.attack[field] = value

@@ -60,12 +60,17 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
                 batch_size: int, max_examples: int, local_steps: int = 0,
                 local_epochs: int = 0, objective=cross_entropy,
                 outputs: tuple[str, ...] = (),
-                algorithm: ClientAlgorithm | None = None) -> Client:
+                algorithm: ClientAlgorithm | None = None,
+                local_schedule=None) -> Client:
   """``objective(logits, labels, valid) -> scalar`` is the local loss;
   ``outputs`` names what each client also returns (CLIENT_OUTPUTS);
   ``algorithm`` changes each step's gradient and keeps state
-  (fedround.client_algorithms; default plain FedAvg)."""
+  (fedround.client_algorithms; default plain FedAvg);
+  ``local_schedule(position, length)`` multiplies the learning rate in
+  local epoch ``position`` of ``local_epochs`` (step of ``local_steps``)
+  (optimizers.LOCAL_SCHEDULES; default constant)."""
   algorithm = algorithm or fedavg()
+  local_schedule = local_schedule or (lambda position, length: 1.0)
   if batch_size < 1:
     raise ConfigError(f'config.client.batch_size must be a positive integer, '
                       f'got {batch_size}')
@@ -128,15 +133,19 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
       idx = jnp.arange(num_steps * batch_size).reshape(idx.shape)
     else:  # epochs read every example: keep the client's whole array
       x, y = x_all[cid], y_all[cid]
-    steps = local_steps or local_epochs * ((n + batch_size - 1) // batch_size)
+    per_epoch = (n + batch_size - 1) // batch_size
+    steps = local_steps or local_epochs * per_epoch
 
     direction = lambda grads, local: algorithm.direction(
         grads, local, params, own, shared)
 
     def body(carry):
       k, p, s, loss_sum, grad_sum = carry
+      rate = learning_rate * (local_schedule(k, local_steps) if local_steps
+                              else local_schedule(k // per_epoch,
+                                                  local_epochs))
       p, s, loss, grads = corrected_step(p, s, x[idx[k]], y[idx[k]],
-                                         valid[k], learning_rate, direction)
+                                         valid[k], rate, direction)
       if algorithm.needs_mean_gradient:
         grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
       return k + 1, p, s, loss_sum + loss, grad_sum

@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
       # constant, cosine(rounds), warmup_cosine(warmup, rounds), step(every),
       # exponential(rate).
       schedule='constant',
+      # ... and within a round, over the local epochs (or steps)
+      # (optimizers.LOCAL_SCHEDULES): constant, cosine.
+      local_schedule='constant',
       # What each client sends (fedround.messages): identity (its float32
       # delta), signs (1 bit a coordinate), ranks (FRL's edge rankings).
       message='identity'))
@@ -50,8 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.aggregator = ''
   # Simulated Byzantine clients: an attack spec (fedround.attacks.ATTACKS)
   # and who attacks: a fraction of the N clients or explicit client ids.
+  # redraw_share > 0: a cohort whose attackers number at least
+  # redraw_share x its size is drawn again (FRL's code: 0.5); 0: never.
   c.attack = ml_collections.ConfigDict(dict(name='none', fraction=0.0,
-                                            ids=()))
+                                            ids=(), redraw_share=0.0))
   # The optimizer on the pseudo-gradient -aggregate (optimizers.OPTIMIZERS):
   # sgd at 1.0 is FedAvg; fedavgm, fedadam, fedyogi, fedadagrad, diloco.
   c.server = ml_collections.ConfigDict(dict(optimizer='sgd',
@@ -135,6 +140,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
     raise ConfigError('config.attack.ids must be a tuple of client ids >= 0, '
                       f'got {ids!r}')
+  share = config.attack.redraw_share
+  if isinstance(share, bool) or not isinstance(share, (int, float)) or (
+      not 0 <= share <= 1):
+    raise ConfigError('config.attack.redraw_share must be a number in [0, 1] '
+                      f'(0: never redraw a cohort), got {share!r}')
   if ids and fraction:
     raise ConfigError('config.attack: set either fraction or ids, not both; '
                       f'got fraction={fraction!r}, ids={tuple(ids)!r}')

@@ -1,5 +1,5 @@
-"""optax optimizers by name, for clients and for the server, and the server's
-learning-rate schedules over rounds.
+"""optax optimizers by name, for clients and for the server, the
+learning-rate schedules over rounds, and the clients' within a round.
 
 A spec such as ``'sgd(momentum=0.9)'`` picks the optimizer and its extra
 arguments; the learning rate is a separate numeric config field, passed in
@@ -20,8 +20,8 @@ import optax
 from fedround.registry import Registry, parse_spec
 
 OPTIMIZERS = Registry('optimizer')
-for _name in ('sgd', 'adam', 'adamw', 'adagrad', 'yogi', 'rmsprop', 'lamb',
-              'lion', 'nadam'):
+for _name in ('adam', 'adamw', 'adagrad', 'yogi', 'rmsprop', 'lamb', 'lion',
+              'nadam'):
   OPTIMIZERS.register(_name)(getattr(optax, _name))
 
 
@@ -40,6 +40,22 @@ def _check_positive(name: str, value) -> None:
 def _check_flag(name: str, value) -> None:
   if not isinstance(value, bool):
     raise ValueError(f'{name} must be True or False, got {value!r}')
+
+
+@OPTIMIZERS.register('sgd')
+def sgd(learning_rate, momentum: float | None = None, nesterov: bool = False,
+        weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """``optax.sgd``, with torch.optim.SGD's coupled weight decay: the
+  gradient gets weight_decay * w before momentum (FRL's code trains its
+  scores with 1e-4)."""
+  if isinstance(weight_decay, bool) or not isinstance(
+      weight_decay, (int, float)) or not weight_decay >= 0:
+    raise ValueError(f'weight_decay must be a number >= 0, got '
+                     f'{weight_decay!r}')
+  step = optax.sgd(learning_rate, momentum, nesterov)
+  if not weight_decay:
+    return step
+  return optax.chain(optax.add_decayed_weights(weight_decay), step)
 
 
 @OPTIMIZERS.register('fedavgm')
@@ -227,3 +243,21 @@ def build_schedule(spec: str, field: str
   """
   schedule = SCHEDULES.build(spec, field)
   return lambda round_: jnp.asarray(schedule(round_), jnp.float32)
+
+
+LOCAL_SCHEDULES = Registry('local schedule')
+
+
+@LOCAL_SCHEDULES.register('constant')
+def constant_local_schedule() -> Callable[[jax.Array, int], jax.Array]:
+  """Multiplier 1 at every local step."""
+  return lambda position, length: jnp.float32(1)
+
+
+@LOCAL_SCHEDULES.register('cosine')
+def cosine_local_schedule() -> Callable[[jax.Array, int], jax.Array]:
+  """(1 + cos(pi e / E)) / 2 in local epoch e of E (step e of K under
+  local_steps): torch's CosineAnnealingLR(T_max=E) stepped once an epoch
+  from the round's learning rate, as FRL's code trains each client."""
+  return lambda position, length: (
+      1 + jnp.cos(jnp.pi * position.astype(jnp.float32) / length)) / 2

@@ -31,6 +31,7 @@ from fedround.server import ServerState, server_step
 
 CLIENTS = 'clients'
 BYZANTINE_STREAM = 0x42595a  # folded into the run's key: who is Byzantine
+MAX_REDRAWS = 100  # a cohort still too Byzantine after these is kept
 PARTICIPATION_STREAM = 0x504152  # the participation model's initial state
 
 
@@ -139,14 +140,18 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
                attack: Attack | None = None, byzantine_fraction: float = 0.0,
                byzantine_ids: tuple[int, ...] = (),
                client_schedule=None, server_schedule=None,
-               message: Message | None = None) -> Round:
+               message: Message | None = None,
+               redraw_share: float = 0.0) -> Round:
   """``server_optimizer`` is a factory learning_rate -> optax transformation;
   both learning rates come from ``state.hparams``, each times its schedule
   (round -> multiplier, optimizers.build_schedule; default constant) of
   the rounds completed. The Byzantine clients
   (``byzantine_ids``, or a ``byzantine_fraction`` of the federation drawn
-  from the run's key) replace their messages by ``attack``'s. Clients
-  send ``message`` (default identity: their float32 deltas)."""
+  from the run's key) replace their messages by ``attack``'s; with
+  ``redraw_share`` > 0 a cohort whose Byzantine clients number at least
+  redraw_share x its size is drawn again, up to MAX_REDRAWS times (FRL's
+  code redraws at 1/2). Clients send ``message`` (default identity: their
+  float32 deltas)."""
   attack = attack or no_attack()
   message = message or identity()
   client_schedule = client_schedule or constant_schedule()
@@ -176,30 +181,50 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
   algorithm = client.algorithm
   traces = []
 
+  def byzantine_clients(state: ServerState, population: int):
+    return byzantine_mask(
+        jax.random.fold_in(state.key, BYZANTINE_STREAM), population,
+        byzantine_fraction, byzantine_ids)
+
   def sample_cohort(state: ServerState):
     """The round's cohort buffer: ids, presence mask, per-client keys (a
-    client's key depends on the round and its id only), the rule's key and
-    the participation model's next state."""
+    client's key depends on the round and its id only), the rule's key,
+    the participation model's next state and the redraws taken."""
     key = jax.random.fold_in(state.key, state.round)
     k_sample, k_clients, k_aggregate = jax.random.split(key, 3)
-    ids, present, participation_state = participation.sample(
-        k_sample, state.participation, state.round)
+    draw = lambda key: participation.sample(key, state.participation,
+                                            state.round)
+    ids, present, participation_state = draw(k_sample)
+    redraws = jnp.int32(0)
+    if redraw_share:
+      is_byzantine = byzantine_clients(state,
+                                       len(participation.probabilities))
+
+      def too_many(carry):
+        attempt, ids, present, _ = carry
+        count = jnp.sum(present & is_byzantine[ids])
+        return (count >= redraw_share * cohort) & (attempt < MAX_REDRAWS)
+
+      def again(carry):
+        attempt = carry[0] + 1
+        return (attempt, *draw(jax.random.fold_in(k_sample, attempt)))
+
+      redraws, ids, present, participation_state = jax.lax.while_loop(
+          too_many, again, (redraws, ids, present, participation_state))
     pad = buffer - cohort
     ids = jnp.concatenate([ids, jnp.zeros(pad, jnp.int32)])
     present = jnp.concatenate([present, jnp.zeros(pad, bool)])
     keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
-    return ids, present, keys, k_aggregate, participation_state
+    return ids, present, keys, k_aggregate, participation_state, redraws
 
   def round_fn(state: ServerState, data: FederatedData, active=True):
     """One round; with ``active`` False (a traced bool) the per-client
     store is left as it was, so ``make_rounds`` can skip a round without
     copying the store."""
     traces.append(1)
-    ids, present, keys, k_aggregate, participation_state = sample_cohort(
-        state)
-    is_byzantine = byzantine_mask(
-        jax.random.fold_in(state.key, BYZANTINE_STREAM), data.num_clients,
-        byzantine_fraction, byzantine_ids)
+    (ids, present, keys, k_aggregate, participation_state,
+     redraws) = sample_cohort(state)
+    is_byzantine = byzantine_clients(state, data.num_clients)
     labels = data.y
     if attack.flips_labels:
       labels = jnp.where(is_byzantine[:, None], data.num_classes - 1 - labels,
@@ -287,6 +312,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         uplink_ratio_vs_float32=jnp.float32(
             uplink_bits / float32_bits(state.params)),
         **_rule_diagnostics(agg_state),
+        **(dict(cohort_redraws=redraws) if redraw_share else {}),
     )
     new_state = state.replace(round=state.round + 1, params=params,
                               opt_state=opt_state, agg_state=agg_state,

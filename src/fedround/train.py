@@ -30,7 +30,8 @@ from fedround.client_algorithms import CLIENT_ALGORITHMS, init_client_state
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
 from fedround.divergence import Watch
 from fedround.models import MODELS
-from fedround.optimizers import build_optimizer, build_schedule
+from fedround.optimizers import (LOCAL_SCHEDULES, build_optimizer,
+                                  build_schedule)
 from fedround.registry import ConfigError
 from fedround.losses import LOSSES
 from fedround.messages import MESSAGES
@@ -176,6 +177,9 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
                        objective=LOSSES.build(config.client.loss,
                                               'config.client.loss'),
                        outputs=aggregator.needs,
+                       local_schedule=LOCAL_SCHEDULES.build(
+                           config.client.local_schedule,
+                           'config.client.local_schedule'),
                        algorithm=CLIENT_ALGORITHMS.build(
                            config.client.algorithm,
                            'config.client.algorithm'))
@@ -267,7 +271,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       byzantine_ids=tuple(config.attack.ids),
                       client_schedule=parts.client_schedule,
                       server_schedule=parts.server_schedule,
-                      message=parts.message)
+                      message=parts.message,
+                      redraw_share=config.attack.redraw_share)
   initial_state = _make_initial_state(
       parts.model, parts.client, parts.server_optimizer, parts.aggregator,
       parts.participation, parts.data.num_clients)

@@ -12,8 +12,10 @@ _INT32_LIMIT = 2 ** 31
 
 
 def frl_vote() -> Aggregator:
-  """FRL's Borda vote (Mozaffari et al., "FRL: Federated Rank Learning",
-  USENIX Security 2023; ``FRL_Vote`` in SPIN-UMass/FRL utils.py).
+  """FRL's Borda vote (Mozaffari, Shejwalkar and Houmansadr, "Every Vote
+  Counts: Ranking-Based Training of Federated Learning to Resist Poisoning
+  Attacks", USENIX Security 2023, on arXiv as "FRL: Federated Rank
+  Learning"; ``FRL_Vote`` in SPIN-UMass/FRL utils.py).
 
   Reads 'ranks' messages (each edge's position in a client's ranking).
   Per layer: sum each edge's position over the voters, order the edges by

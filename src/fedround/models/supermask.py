@@ -1,5 +1,7 @@
-"""Supermask networks for FRL (Mozaffari et al., "FRL: Federated Rank
-Learning", USENIX Security 2023; code SPIN-UMass/FRL, models/).
+"""Supermask networks for FRL (Mozaffari et al., "Every Vote Counts:
+Ranking-Based Training of Federated Learning to Resist Poisoning Attacks",
+USENIX Security 2023, on arXiv as "FRL: Federated Rank Learning"; code
+SPIN-UMass/FRL, models/).
 
 Every dense and conv layer has frozen random signed-constant weights
 +-sqrt(2 / fan_in) (FRL's ``signed_constant`` init: fan_in mode, ReLU gain)
