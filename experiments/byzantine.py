@@ -14,6 +14,11 @@ once per rule, with no attack), then its table and heatmap:
   python scripts/report.py runs/byzantine \
       --heatmap aggregator attack.fraction attack.name \
       --task attack.fraction --task attack.name --out runs/byzantine
+
+One rule's 19 scenarios, e.g. to add a rule to a finished grid:
+
+  python scripts/sweep.py --config experiments/byzantine.py:rule=flag_rescaled \
+      --workdir runs/byzantine --jobs 2
 """
 from fedround.config import base_config, parse_variant
 from fedround.sweep import chain, product, sweep
@@ -33,6 +38,8 @@ RULES = {
     'monna': f'monna(f={F})',
     'meamed': f'meamed(f={F})',
     'flag': 'flag(rank=8)',
+    # Flag's direction at the median update norm (flag normalises updates).
+    'flag_rescaled': 'flag_rescaled(rank=8)',
     'nnm_krum': f'nnm(f={F}) | krum(f={F})',
     'arc_trimmed_mean': f'arc(f={F}) | trimmed_mean(f={F})',
     'bucketing_median': 'bucketing(size=2) | median',
@@ -65,8 +72,13 @@ def get_config(arg=None):
   return config
 
 
-def get_sweep():
-  rules = sweep('aggregator', list(RULES.values()))
+def get_sweep(arg=None):
+  """Every rule's 19 scenarios; with a variant ``rule=NAME``, that rule's
+  only (to add a rule to a finished grid)."""
+  rule = parse_variant(arg, rule='', attack='none', fraction=0.0).rule
+  if rule and rule not in RULES:
+    raise ValueError(f'rule={rule!r}: valid rules: {", ".join(RULES)}')
+  rules = sweep('aggregator', [RULES[rule]] if rule else list(RULES.values()))
   honest = product(rules, [{'attack.name': 'none', 'attack.fraction': 0.0}])
   attacked = product(rules, sweep('attack.name', ATTACKS),
                      sweep('attack.fraction', [0.1, 0.2]))
