@@ -1,6 +1,7 @@
 """Finite but huge updates never make a rule return NaN: honest rows plus f
 rows of norm 1e19, 1e30 and 3e38 (squares of float32 overflow from 1.8e19 on)
-give a finite aggregate within each rule's bound of the honest mean."""
+give every registered rule on real-valued updates a finite aggregate, within
+each robust rule's bound of the honest mean."""
 import functools
 
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedround.aggregators import AGGREGATORS, build_aggregator
+from fedround.data import uniform
 
 CLIENTS, F = 12, 2
 HONEST = CLIENTS - F
@@ -24,7 +26,14 @@ ROBUST = {
     f'arc(f={F}) | mean': 2, 'clip(max_norm=2) | mean': 3,
     'flag_rescaled': 1,
     'mean': None, 'weighted_mean': None,
+    # The weighted family and model merging: no robustness bound, finite.
+    'fedau': None, 'average_participating': None, 'average_all': None,
+    'inverse_probability': None, 'fedce': None, 'fedlaw(steps=3)': None,
+    'fisher_merging': None, 'variance_corrected': None, 'fedld': None,
+    'sign_majority': None,  # each coordinate's majority sign
 }
+# Rules that read rankings, not real-valued updates.
+NOT_REAL_VALUED = ('frl_vote',)
 # Rules with bounds of their own: smoothed Weiszfeld starts from the mean,
 # as RFA's official code does, and each step shrinks the distance to the
 # honest cluster by about f / (n - f) or better, so after its 8 steps an
@@ -51,17 +60,41 @@ def _stack(norm, seed=0):
   return updates, honest, jnp.ones(CLIENTS, jnp.float32)
 
 
+def _apply(params, x):
+  """A 3-class linear model of the stack's leaves, for the rules that
+  score merged models (FedLAW's proxy loss, FedCE's validation accuracy)."""
+  a = params['a']
+  return jnp.stack([x @ a[:10], x @ a[10:20], x @ a[20:30]], -1) + (
+      params['b'].reshape(-1)[:3])
+
+
+def _context():
+  """What the round tells a rule: its model, a proxy set, validation splits
+  and the participation model."""
+  rng = np.random.default_rng(1)
+  x = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  y = lambda *shape: jnp.asarray(rng.integers(0, 3, shape), jnp.int32)
+  return dict(population=CLIENTS, apply_fn=_apply, proxy=(x(16, 10), y(16)),
+              validation=(x(CLIENTS, 4, 10), y(CLIENTS, 4),
+                          jnp.full(CLIENTS, 4, jnp.int32)),
+              participation=uniform(CLIENTS, CLIENTS))
+
+
 @functools.cache
 def _jitted(spec):
-  """The rule's update from its initial state, jitted once per spec."""
+  """The rule's update from its initial state in round 1 (FedLD's round 0
+  is the plain mean), jitted once per spec."""
   rule = build_aggregator(spec, 'aggregator', num_clients=CLIENTS,
-                          population=CLIENTS)
+                          **_context())
 
   def aggregate(updates, weights):
     params = jax.tree.map(lambda u: jnp.zeros(u.shape[1:], u.dtype), updates)
+    extras = {'fisher': jax.tree.map(jnp.ones_like, updates)
+              } if 'fisher' in rule.needs else {}
     return rule.update(updates, rule.init(params), params, weights=weights,
                        key=jax.random.PRNGKey(0),
-                       client_ids=jnp.arange(CLIENTS), round=jnp.int32(0))[0]
+                       client_ids=jnp.arange(CLIENTS), round=jnp.int32(1),
+                       **extras)[0]
   return jax.jit(aggregate)
 
 
@@ -93,6 +126,16 @@ def test_huge_finite_updates_give_a_finite_bounded_aggregate(spec, norm):
   elif ROBUST[spec] is not None:
     assert np.linalg.norm(aggregate - mean) <= ROBUST[spec] * radius, (
         spec, norm, np.linalg.norm(aggregate - mean), radius)
+
+
+def test_every_registered_rule_is_covered():
+  covered = {part.split('(')[0].strip() for spec in [*ROBUST, *SPECIAL]
+             for part in spec.split('|')}
+  assert covered | set(NOT_REAL_VALUED) == set(AGGREGATORS.names())
+  for name in NOT_REAL_VALUED:
+    rule = build_aggregator(name, 'aggregator', num_clients=CLIENTS,
+                            **_context())
+    assert 'identity' not in rule.messages, name
 
 
 def test_every_robust_rule_and_pre_aggregator_is_covered():

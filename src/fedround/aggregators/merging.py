@@ -97,16 +97,21 @@ def variance_corrected() -> Aggregator:
     def correct(path, u, w):
       models = w[None].astype(jnp.float32) + jnp.where(
           stack.rows(present, u), u, 0).astype(jnp.float32)
+      # Variances of models / s (s a power of two >= 1 bounding them)
+      # cannot overflow; with epsilon / s^2 the result is the same.
+      s = jnp.maximum(stack.scale(models, present), 1)
+      models = models / s
       mean_model = jnp.tensordot(selected, models, axes=1,
                                  precision=stack.HIGHEST)
       if w.size > 1 and not _is_normalisation_statistic(path):
         variances = jnp.var(models.reshape(len(u), -1), axis=1, ddof=1)
         target = jnp.sum(selected * variances)
         center = jnp.mean(mean_model)
-        scale = jnp.sqrt((target + VARIANCE_EPSILON) /
-                         (jnp.var(mean_model, ddof=1) + VARIANCE_EPSILON))
+        epsilon = VARIANCE_EPSILON * (1 / s) ** 2
+        scale = jnp.sqrt((target + epsilon) /
+                         (jnp.var(mean_model, ddof=1) + epsilon))
         mean_model = (mean_model - center) * scale + center
-      aggregate = mean_model - w.astype(jnp.float32)
+      aggregate = mean_model * s - w.astype(jnp.float32)
       return jnp.where(count > 0, aggregate, 0).astype(u.dtype)
 
     return jax.tree_util.tree_map_with_path(correct, updates, params), state
@@ -166,9 +171,12 @@ def fedld(keep: float = 0.8) -> Aggregator:
                         for n in range(len(weights) + 1)])[count]
 
     def principal(u):
+      # The coefficients do not change when the deltas are divided by a
+      # power of two s >= 1 bounding them, whose Gram cannot overflow.
+      s = jnp.maximum(stack.scale(u, present), 1)
       with jax.default_matmul_precision('highest'):
-        coefficients = _principal_coefficients(stack.gram(u), present,
-                                               count, kept)
+        coefficients = _principal_coefficients(
+            stack.gram(stack.divided(u, s)), present, count, kept)
       return stack.combine(u, coefficients)
 
     revised = jax.tree.map(principal, updates)
