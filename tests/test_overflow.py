@@ -131,7 +131,9 @@ def test_huge_finite_updates_give_a_finite_bounded_aggregate(spec, norm):
 def test_every_registered_rule_is_covered():
   covered = {part.split('(')[0].strip() for spec in [*ROBUST, *SPECIAL]
              for part in spec.split('|')}
-  assert covered | set(NOT_REAL_VALUED) == set(AGGREGATORS.names())
+  # test_divergence registers a rule built to overflow, in the same process.
+  library = set(AGGREGATORS.names()) - {'overflowing_mean'}
+  assert covered | set(NOT_REAL_VALUED) == library
   for name in NOT_REAL_VALUED:
     rule = build_aggregator(name, 'aggregator', num_clients=CLIENTS,
                             **_context())
