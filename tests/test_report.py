@@ -354,3 +354,40 @@ def test_extra_curves_plot_the_runs_that_log_them(tmp_path):
   with pytest.raises(ConfigError, match="curve 'aggregator.gama': no run "
                      'logged it; keys in metrics.jsonl: aggregator.gamma'):
     report.report(str(tmp_path), str(out), curves=['aggregator.gama'])
+
+
+def _summary(path, rows):
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['task', 'method', 'seeds', 'final_test_accuracy_mean'])
+    writer.writerows([[task, method, 1, value] for task, method, value in rows])
+  return str(path)
+
+
+def test_rank_joins_summaries_of_a_grid_and_a_rule_run_later(tmp_path):
+  """scripts/rank.py: Borda over the union of two summary.csv files, by
+  hand: on 'a=1, b=x' C > A > B (2, 1, 0 points), on 'a=1, b=y' A > C > B,
+  on 'a=0, b=none' B > A = C (2, then 0.5 each): A 3.5, C 3.5, B 2; the
+  a=1 group's mean and worst task per method."""
+  grid = _summary(tmp_path / 'grid.csv', [
+      ('a=0, b=none', 'rule=A', 0.8), ('a=0, b=none', 'rule=B | x', 0.9),
+      ('a=1, b=x', 'rule=A', 0.6), ('a=1, b=x', 'rule=B | x', 0.1),
+      ('a=1, b=y', 'rule=A', 0.7), ('a=1, b=y', 'rule=B | x', 0.2)])
+  later = _summary(tmp_path / 'later.csv', [
+      ('a=0, b=none', 'rule=C', 0.8), ('a=1, b=x', 'rule=C', 0.65),
+      ('a=1, b=y', 'rule=C', 0.3)])
+  out = subprocess.run(
+      [sys.executable, 'scripts/rank.py', grid, later, '--baseline',
+       'a=0, b=none', '--group', 'a'], cwd=ROOT, capture_output=True,
+      text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines()[2:] == [
+      '| 1 | `rule=A` | 3.5 | 0.800 | 0.650 / 0.600 (x) |',
+      '| 2 | `rule=C` | 3.5 | 0.800 | 0.475 / 0.300 (y) |',
+      r'| 3 | `rule=B \| x` | 2 | 0.900 | 0.150 / 0.100 (x) |']
+  twice = subprocess.run([sys.executable, 'scripts/rank.py', grid, grid],
+                         cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+  assert twice.returncode != 0
+  assert twice.stderr.strip().endswith(
+      'rule=A on a=0, b=none is also in an earlier file')
