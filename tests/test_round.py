@@ -25,17 +25,22 @@ def _run_rounds(config, rounds):
 
 
 def test_sharded_round_equals_single_device():
-  """The default jobs (fedavg_digits, fedavg_synthetic) as configured, for
-  one chunk of eval_every rounds: the unsharded chunk is the program
-  test_train's default-job run compiles, so the suite builds it once."""
+  """The default jobs: fedavg_digits as configured for one chunk of
+  eval_every rounds (the unsharded chunk is the program test_train's
+  default-job run compiles, so the suite builds its CNN round once), and
+  fedavg_synthetic for 3 rounds of 1 local epoch (its 20 epochs would only
+  cost run time)."""
   assert jax.device_count() == 8
-  for get_config in (fedavg_digits.get_config, fedavg_synthetic.get_config):
+  for get_config, epochs in ((fedavg_digits.get_config, 0),
+                             (fedavg_synthetic.get_config, 1)):
     config = get_config()
     assert config.clients_per_round == 10  # not divisible by 8: padded to 16
+    rounds = config.eval_every if not epochs else 3
+    config.client.local_epochs = epochs or config.client.local_epochs
     results = {}
     for shard in (False, True):
       config.shard = shard
-      experiment, state, metrics = _run_rounds(config, config.eval_every)
+      experiment, state, metrics = _run_rounds(config, rounds)
       results[shard] = (state.params, metrics)
     assert experiment.mesh is not None and experiment.mesh.size == 8
     assert experiment.round.cohort_buffer == 16
