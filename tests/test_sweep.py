@@ -52,6 +52,19 @@ def test_two_by_two_sweep_runs_then_skips(tmp_path):
   assert '4 runs: 0 finished, 4 already done, 0 failed' in out.stdout
 
 
+def test_a_sweep_on_the_algorithms_own_rule_plans_again(tmp_path):
+  """config.aggregator left empty: config.json records the resolved rule,
+  and planning the sweep again compares like with like and skips it."""
+  config = tiny_digits()
+  config.aggregator = ''
+  grid = sweep.sweep('seed', [0])
+  first = sweep.execute(sweep.plan(config, grid, str(tmp_path)),
+                        progress=False)
+  again = sweep.execute(sweep.plan(config, grid, str(tmp_path)),
+                        progress=False)
+  assert first.finished == again.skipped == ['seed=0']
+
+
 def test_failing_run_does_not_stop_the_others(tmp_path):
   """A run whose checkpoint is corrupt fails when it restores (every config
   error is caught by plan, before anything runs); the others, in two worker

@@ -299,10 +299,12 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Fails when ``workdir`` holds a run of a different config."""
+  """Fails when ``workdir`` holds a run of a different config (compared
+  resolved, as its config.json was written)."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return
+  config = resolve(config)
   with open(path) as f:
     saved = _flatten(json.load(f))
   now = _flatten(json.loads(config.to_json_best_effort()))
