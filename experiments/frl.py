@@ -21,10 +21,12 @@ training: 2 epochs of batch 8 (FRL's MNIST config). The scores train as in
 FRL's code (FL_train.py, args.py): SGD at lr 0.4 x 0.999^round, momentum
 0.9, weight decay 1e-4, the lr annealed by a cosine over the local epochs
 (CosineAnnealingLR(T_max=epochs) stepped each epoch: 1, then 0.5). The
-baselines' real weights train with plain SGD at lr 0.1. Every method's
-cohort is drawn again while half or more of it is malicious, as FRL's code
-does for FRL and its baselines (attack.redraw_share = 0.5). FRL's code
-runs 2,000 rounds; this grid runs 100.
+baselines' real weights train with plain SGD at lr 0.1 and FedAvg weighs
+clients by examples (FRL's own FedAvg baseline takes the uniform mean with
+FRL's SGD settings; here the baselines are the Byzantine grid's). Every
+method's cohort is drawn again while half or more of it is malicious, as
+FRL's code does for FRL and its baselines (attack.redraw_share = 0.5).
+FRL's code runs 2,000 rounds; this grid runs 100.
 
 One run (variants: method=frl|fedavg|trimmed_mean, fraction, attack):
 

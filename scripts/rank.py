@@ -8,12 +8,14 @@ a rule run later into a finished grid, without the first grid's run folders.
 
 Prints a Markdown table: rank, method, points (Borda) or disagreements
 (Kemeny), the metric on the --baseline task, and per --group value the mean
-and the worst task (with its last field's value) over the tasks that share it.
+and the worst task (with its last field's value) over the tasks that share it
+('-' where a method has none).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 
 from fedround import report
@@ -48,10 +50,20 @@ def _groups(scores, field: str) -> dict[str, list[str]]:
   'field=value, field=value', as report labels them)."""
   groups: dict[str, list[str]] = {}
   for task in scores:
-    parts = dict(p.strip().split('=', 1) for p in task.split(', '))
+    parts = dict(p.strip().split('=', 1) for p in task.split(', ') if '=' in p)
     if field in parts:
       groups.setdefault(parts[field], []).append(task)
   return groups
+
+
+def _mean_and_worst(values: dict[str, float], higher_is_better: bool) -> str:
+  """'mean / worst (its task's last value)' over the non-NaN values."""
+  values = {t: v for t, v in values.items() if not math.isnan(v)}
+  if not values:
+    return '-'
+  worst = (min if higher_is_better else max)(values, key=values.get)
+  return (f'{sum(values.values()) / len(values):.3f} / {values[worst]:.3f} '
+          f'({worst.rsplit("=", 1)[-1]})')
 
 
 def table(scores, ranking: str, higher_is_better: bool, baseline: str | None,
@@ -67,12 +79,12 @@ def table(scores, ranking: str, higher_is_better: bool, baseline: str | None,
   for rank, (method, points) in enumerate(ranked, 1):
     cells = [str(rank), report._cell(f'`{method}`'), f'{points:g}']
     if baseline:
-      cells.append(f'{scores[baseline][method]:.3f}')
+      value = scores[baseline].get(method, math.nan)
+      cells.append('-' if math.isnan(value) else f'{value:.3f}')
     for tasks in groups.values():
-      values = {t: scores[t][method] for t in tasks if method in scores[t]}
-      worst = (min if higher_is_better else max)(values, key=values.get)
-      cells.append(f'{sum(values.values()) / len(values):.3f} / '
-                   f'{values[worst]:.3f} ({worst.rsplit("=", 1)[-1]})')
+      cells.append(_mean_and_worst(
+          {t: scores[t][method] for t in tasks if method in scores[t]},
+          higher_is_better))
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 

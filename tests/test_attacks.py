@@ -110,10 +110,10 @@ def _one_round(data, *, attack='none', ids=(), fraction=0.0,
 
 def test_a_cohort_at_least_half_byzantine_is_redrawn():
   """FRL's code redraws a cohort while half or more of it is malicious:
-  with clients 0-3 of 8 Byzantine and cohorts of 4, about half the draws
-  hold 2 or more of them; every kept cohort holds at most 1, and the
-  redraws are counted. With redraw_share = 0 the cohorts are the plain
-  draws."""
+  with clients 0-3 of 8 Byzantine and cohorts of 4, most draws hold 2 or
+  more of them; every kept cohort holds at most 1, a draw that held at
+  most 1 is kept as it was, and the kept cohorts still vary. With
+  redraw_share = 0 the cohorts are the plain draws."""
   agg = build_aggregator('mean')
   model = MODELS.build('logistic', 'model', num_classes=3)
   client = make_client(model.apply, optax.sgd, batch_size=2,

@@ -203,7 +203,7 @@ def test_cosine_local_schedule_steps_once_an_epoch():
   run at 1, 0.905, 0.655, 0.345, 0.095 of the round's rate. A client on a
   loss with gradient 1 moves by -lr x the sum of its steps' multipliers:
   2 epochs of 2 batches, 1 + 1 + 0.5 + 0.5; 4 local steps, 1 + 0.854 + 0.5
-  + 0.146."""
+  + 0.146; that sum is the round's step count for the mean direction."""
   from fedround.client import make_client
   from fedround.optimizers import LOCAL_SCHEDULES
   cosine = LOCAL_SCHEDULES.build('cosine', 'config.client.local_schedule')
@@ -222,6 +222,14 @@ def test_cosine_local_schedule_steps_once_an_epoch():
                                     jnp.float32(0.1))
     np.testing.assert_allclose(result.delta['w'], [-0.1 * expected],
                                rtol=1e-6)
+    # What the round divides by to get the mean local direction (FedAvg-M,
+    # SCAFFOLD-M): the steps at their multipliers; 4 under constant.
+    np.testing.assert_allclose(result.scaled_steps, expected, rtol=1e-6)
+    plain = make_client(apply_fn, optax.sgd, batch_size=2, max_examples=4,
+                        objective=slope, **schedule)
+    assert float(jax.jit(plain.update)(
+        {'w': jnp.zeros(1)}, x, y, jnp.array([4]), 0, jax.random.PRNGKey(0),
+        jnp.float32(0.1)).scaled_steps) == 4.0
 
 
 def test_server_optimizers_are_registered():

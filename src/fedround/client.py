@@ -24,6 +24,7 @@ import optax
 from fedround.client_algorithms import ClientAlgorithm, fedavg
 from fedround.fisher import diagonal_fisher
 from fedround.models import cross_entropy
+from fedround.optimizers import constant_local_schedule
 from fedround.registry import ConfigError
 
 
@@ -32,6 +33,8 @@ class ClientResult(NamedTuple):
   num_examples: jax.Array  # n_i, the FedAvg weight
   loss: jax.Array          # mean training loss over the local steps
   steps: jax.Array         # local steps actually taken
+  scaled_steps: jax.Array  # their learning-rate multipliers summed (=
+                           # steps under the constant local schedule)
   extras: dict             # what the aggregator needs besides the delta
   own: Any                 # the client's algorithm state after training
   optimizer_state: Any     # its optimizer state, when the algorithm keeps it
@@ -70,7 +73,7 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
   local epoch ``position`` of ``local_epochs`` (step of ``local_steps``)
   (optimizers.LOCAL_SCHEDULES; default constant)."""
   algorithm = algorithm or fedavg()
-  local_schedule = local_schedule or (lambda position, length: 1.0)
+  local_schedule = local_schedule or constant_local_schedule()
   if batch_size < 1:
     raise ConfigError(f'config.client.batch_size must be a positive integer, '
                       f'got {batch_size}')
@@ -170,6 +173,10 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
         num_examples=n,
         loss=loss_sum / jnp.maximum(steps, 1),
         steps=steps,
+        scaled_steps=(jnp.sum(local_schedule(jnp.arange(local_steps),
+                                             local_steps)) if local_steps
+                      else per_epoch * jnp.sum(local_schedule(
+                          jnp.arange(local_epochs), local_epochs))),
         extras={name: CLIENT_OUTPUTS[name](apply_fn, local, x_all[cid], mine)
                 for name in outputs},
         own=algorithm.finish(own, mean_gradient),

@@ -43,7 +43,8 @@ class ClientAlgorithm(NamedTuple):
     step_scale, population) -> the server-side state for the next round;
     ``own_*`` are the cohort's rows [C, ...], ``usable`` bool[C], and
     ``step_scale`` = eta * K, the client learning rate times the local
-    steps, so that -aggregate / step_scale is the mean local direction.
+    steps (each counted at its local schedule's multiplier), so that
+    -aggregate / step_scale is the mean local direction.
   aggregator: how its paper combines the cohort, the run's rule when
     ``config.aggregator`` is left empty.
   """

@@ -44,7 +44,8 @@ def _check_flag(name: str, value) -> None:
 
 @OPTIMIZERS.register('sgd')
 def sgd(learning_rate, momentum: float | None = None, nesterov: bool = False,
-        weight_decay: float = 0.0) -> optax.GradientTransformation:
+        weight_decay: float = 0.0, accumulator_dtype: Any | None = None
+        ) -> optax.GradientTransformation:
   """``optax.sgd``, with torch.optim.SGD's coupled weight decay: the
   gradient gets weight_decay * w before momentum (FRL's code trains its
   scores with 1e-4)."""
@@ -52,7 +53,7 @@ def sgd(learning_rate, momentum: float | None = None, nesterov: bool = False,
       weight_decay, (int, float)) or not weight_decay >= 0:
     raise ValueError(f'weight_decay must be a number >= 0, got '
                      f'{weight_decay!r}')
-  step = optax.sgd(learning_rate, momentum, nesterov)
+  step = optax.sgd(learning_rate, momentum, nesterov, accumulator_dtype)
   if not weight_decay:
     return step
   return optax.chain(optax.add_decayed_weights(weight_decay), step)
@@ -251,7 +252,7 @@ LOCAL_SCHEDULES = Registry('local schedule')
 @LOCAL_SCHEDULES.register('constant')
 def constant_local_schedule() -> Callable[[jax.Array, int], jax.Array]:
   """Multiplier 1 at every local step."""
-  return lambda position, length: jnp.float32(1)
+  return lambda position, length: jnp.ones(jnp.shape(position), jnp.float32)
 
 
 @LOCAL_SCHEDULES.register('cosine')

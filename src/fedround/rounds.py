@@ -124,7 +124,7 @@ def _update_client_state(algorithm, store: ClientState, ids, usable,
   target = jnp.where(usable, ids, population)  # out of range: dropped
   scatter = lambda store, new: jax.tree.map(
       lambda s, x: s.at[target].set(x, mode='drop'), store, new)
-  steps = jnp.sum(jnp.where(usable, results.steps, 0)) / jnp.maximum(
+  steps = jnp.sum(jnp.where(usable, results.scaled_steps, 0)) / jnp.maximum(
       jnp.sum(usable), 1)
   shared = algorithm.update_shared(
       store.shared, own_before, results.own, usable, aggregate,
@@ -149,8 +149,9 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
   (``byzantine_ids``, or a ``byzantine_fraction`` of the federation drawn
   from the run's key) replace their messages by ``attack``'s; with
   ``redraw_share`` > 0 a cohort whose Byzantine clients number at least
-  redraw_share x its size is drawn again, up to MAX_REDRAWS times (FRL's
-  code redraws at 1/2). Clients send ``message`` (default identity: their
+  redraw_share x its present clients is drawn again, up to MAX_REDRAWS
+  times (FRL's code redraws at 1/2, under uniform participation; a
+  deterministic participation model draws the same cohort again). Clients send ``message`` (default identity: their
   float32 deltas)."""
   attack = attack or no_attack()
   message = message or identity()
@@ -203,7 +204,8 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
       def too_many(carry):
         attempt, ids, present, _ = carry
         count = jnp.sum(present & is_byzantine[ids])
-        return (count >= redraw_share * cohort) & (attempt < MAX_REDRAWS)
+        return (count > 0) & (count >= redraw_share * jnp.sum(present)) & (
+            attempt < MAX_REDRAWS)
 
       def again(carry):
         attempt = carry[0] + 1

@@ -98,7 +98,8 @@ def variance_corrected() -> Aggregator:
       models = w[None].astype(jnp.float32) + jnp.where(
           stack.rows(present, u), u, 0).astype(jnp.float32)
       # Variances of models / s (s a power of two >= 1 bounding them)
-      # cannot overflow; with epsilon / s^2 the result is the same.
+      # cannot overflow; with epsilon / s^2 the result is the same (s = 1
+      # for models within [-1, 1]).
       s = jnp.maximum(stack.scale(models, present), 1)
       models = models / s
       mean_model = jnp.tensordot(selected, models, axes=1,
@@ -107,9 +108,12 @@ def variance_corrected() -> Aggregator:
         variances = jnp.var(models.reshape(len(u), -1), axis=1, ddof=1)
         target = jnp.sum(selected * variances)
         center = jnp.mean(mean_model)
+        # epsilon / s^2 underflows to 0 for s > 2^66: a constant tensor
+        # then keeps its scale (its centred values are 0 anyway).
         epsilon = VARIANCE_EPSILON * (1 / s) ** 2
-        scale = jnp.sqrt((target + epsilon) /
-                         (jnp.var(mean_model, ddof=1) + epsilon))
+        spread = jnp.var(mean_model, ddof=1) + epsilon
+        scale = jnp.sqrt(jnp.where(spread > 0, (target + epsilon) / spread,
+                                   1))
         mean_model = (mean_model - center) * scale + center
       aggregate = mean_model * s - w.astype(jnp.float32)
       return jnp.where(count > 0, aggregate, 0).astype(u.dtype)
