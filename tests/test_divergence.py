@@ -42,6 +42,11 @@ def test_watch_counts_unhealthy_streaks_and_halts():
     streaks.append(row['unhealthy_rounds'])
   assert streaks == [0, 0, 1, 2, 0, 1, 2, 3]
   assert watch.halted and watch.reason == 'every client sent a non-finite update'
+  # A healthy round later in the same chunk keeps why it halted (a run of
+  # experiments/frl.py once stopped with the reason None).
+  watch.observe(_row(train_loss=1.0))
+  assert watch.reason is None and watch.halted
+  assert watch.halt_reason == 'every client sent a non-finite update'
   # No participant (a cyclic lull) is no failure; a resumed watch goes on.
   resumed = Watch(10.0, 3, history=rows[:4])
   assert resumed.streak == 2 and resumed.lowest_loss == 0.5

@@ -25,6 +25,7 @@ class Watch:
     self.streak = int(history[-1].get('unhealthy_rounds', 0)) if history else 0
     self.reason = None
     self.halted_at = None  # the round whose streak reached halt_after
+    self.halt_reason = None  # and its reason (later rows may be healthy)
 
   def _problem(self, row: dict) -> str | None:
     if row['participants'] > 0 and (row['nonfinite_excluded']
@@ -50,7 +51,7 @@ class Watch:
     self.reason = problem or self.reason if self.streak else None
     row['unhealthy_rounds'] = self.streak
     if self.streak >= self.halt_after and self.halted_at is None:
-      self.halted_at = row['round']
+      self.halted_at, self.halt_reason = row['round'], self.reason
 
   @property
   def halted(self) -> bool:

@@ -518,7 +518,7 @@ def _train(experiment: Experiment, configs, workdirs,
       kept = max(log.checkpoints.steps(), default=None)
       raise RunError(
           f'{log.workdir}: stopped after round {log.watch.halted_at}: '
-          f'{log.watch.reason}, {config.halt_after} rounds in a row '
+          f'{log.watch.halt_reason}, {config.halt_after} rounds in a row '
           f'(config.halt_after={config.halt_after}); '
           + (f'the last good checkpoint, round {kept}, is kept'
              if kept else 'no round was good enough to checkpoint'))
