@@ -138,15 +138,17 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
       x, y = x_all[cid], y_all[cid]
     per_epoch = (n + batch_size - 1) // batch_size
     steps = local_steps or local_epochs * per_epoch
+    # The local schedule runs over the K steps, or the E epochs of
+    # per_epoch steps each.
+    length = local_steps or local_epochs
+    position = lambda k: k if local_steps else k // per_epoch
 
     direction = lambda grads, local: algorithm.direction(
         grads, local, params, own, shared)
 
     def body(carry):
       k, p, s, loss_sum, grad_sum = carry
-      rate = learning_rate * (local_schedule(k, local_steps) if local_steps
-                              else local_schedule(k // per_epoch,
-                                                  local_epochs))
+      rate = learning_rate * local_schedule(position(k), length)
       p, s, loss, grads = corrected_step(p, s, x[idx[k]], y[idx[k]],
                                          valid[k], rate, direction)
       if algorithm.needs_mean_gradient:
@@ -173,10 +175,8 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
         num_examples=n,
         loss=loss_sum / jnp.maximum(steps, 1),
         steps=steps,
-        scaled_steps=(jnp.sum(local_schedule(jnp.arange(local_steps),
-                                             local_steps)) if local_steps
-                      else per_epoch * jnp.sum(local_schedule(
-                          jnp.arange(local_epochs), local_epochs))),
+        scaled_steps=jnp.sum(local_schedule(jnp.arange(length), length))
+        * (1 if local_steps else per_epoch),
         extras={name: CLIENT_OUTPUTS[name](apply_fn, local, x_all[cid], mine)
                 for name in outputs},
         own=algorithm.finish(own, mean_gradient),

@@ -54,7 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Simulated Byzantine clients: an attack spec (fedround.attacks.ATTACKS)
   # and who attacks: a fraction of the N clients or explicit client ids.
   # redraw_share > 0: a cohort whose attackers number at least
-  # redraw_share x its size is drawn again (FRL's code: 0.5); 0: never.
+  # redraw_share x its present clients is drawn again (FRL's code: 0.5);
+  # 0: never.
   c.attack = ml_collections.ConfigDict(dict(name='none', fraction=0.0,
                                             ids=(), redraw_share=0.0))
   # The optimizer on the pseudo-gradient -aggregate (optimizers.OPTIMIZERS):

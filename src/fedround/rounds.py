@@ -151,8 +151,8 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
   ``redraw_share`` > 0 a cohort whose Byzantine clients number at least
   redraw_share x its present clients is drawn again, up to MAX_REDRAWS
   times (FRL's code redraws at 1/2, under uniform participation; a
-  deterministic participation model draws the same cohort again). Clients send ``message`` (default identity: their
-  float32 deltas)."""
+  deterministic participation model draws the same cohort again). Clients
+  send ``message`` (default identity: their float32 deltas)."""
   attack = attack or no_attack()
   message = message or identity()
   client_schedule = client_schedule or constant_schedule()
