@@ -104,17 +104,17 @@ def bench(name: str, workload: Workload, quick: bool) -> dict:
   active = jnp.int32(num_rounds)
 
   # (a) fedround: compile once, warm up once, then time whole scanned calls.
-  state = experiment.init_state()
+  state, store = experiment.init_state()
   start = time.perf_counter()
   compiled = make_rounds(experiment.round.fn, num_rounds).lower(
-      state, data, active).compile()
+      state, store, data, active).compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   metrics = {}
 
   def fedround_call():  # the call donates ``state``: keep the returned one
-    nonlocal state
-    state, round_metrics = compiled(state, data, active)
+    nonlocal state, store
+    state, store, round_metrics = compiled(state, store, data, active)
     metrics.update(round_metrics)
     return state
 
@@ -178,20 +178,21 @@ def _replicas_steady_ms(configs, repeats: int) -> tuple[float, float]:
   experiment = train.build(configs[0])
   data, active = experiment.data, jnp.int32(REPLICA_ROUNDS)
   single = make_rounds(experiment.round.fn, REPLICA_ROUNDS).lower(
-      experiment.init_state(), data, active).compile()
+      *experiment.init_state(), data, active).compile()
   states = [experiment.init_state(c) for c in configs]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
   vmapped = make_rounds(experiment.round.fn, REPLICA_ROUNDS,
-                        replicas=True).lower(stacked, data, active).compile()
+                        replicas=True).lower(*stacked, data,
+                                             active).compile()
 
   def one_by_one():
     nonlocal states
-    states = [single(s, data, active)[0] for s in states]
+    states = [single(*s, data, active)[:2] for s in states]
     return states
 
   def together():
     nonlocal stacked
-    stacked = vmapped(stacked, data, active)[0]
+    stacked = vmapped(*stacked, data, active)[:2]
     return stacked
 
   one_by_one(), together()

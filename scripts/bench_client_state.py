@@ -26,7 +26,7 @@ import optax
 
 from fedround.aggregators import build_aggregator
 from fedround.client import make_client
-from fedround.client_algorithms import CLIENT_ALGORITHMS, init_client_state
+from fedround.client_algorithms import CLIENT_ALGORITHMS, init_store
 from fedround.data import FederatedData, uniform
 from fedround.models import MODELS
 from fedround.optimizers import build_optimizer
@@ -71,26 +71,24 @@ def measure(name: str, num_clients: int, cohort: int) -> dict:
   state = init_server_state(
       params, server_optimizer=optax.sgd, aggregator=aggregator,
       key=jax.random.PRNGKey(1), client_learning_rate=0.01,
-      server_learning_rate=1.0,
-      client_state=init_client_state(algorithm, params, num_clients,
-                                     optimizer))
+      server_learning_rate=1.0, shared=algorithm.init_shared(params))
+  store = init_store(algorithm, params, num_clients, optimizer)
   parameters = sum(x.size for x in jax.tree.leaves(params))
-  store = sum(x.nbytes for x in jax.tree.leaves(
-      (state.client_state.own, state.client_state.optimizer)))
+  store_bytes = sum(x.nbytes for x in jax.tree.leaves(store))
   compiled = make_rounds(round_.fn, ROUNDS).lower(
-      state, data, np.int32(ROUNDS)).compile()
+      state, store, data, np.int32(ROUNDS)).compile()
   memory = compiled.memory_analysis()
-  state, _ = compiled(state, data, np.int32(ROUNDS))  # warm-up
+  state, store, _ = compiled(state, store, data, np.int32(ROUNDS))  # warm-up
   jax.block_until_ready(state)
   times = []
   for _ in range(3):
     start = time.perf_counter()
-    state, _ = compiled(state, data, np.int32(ROUNDS))
+    state, store, _ = compiled(state, store, data, np.int32(ROUNDS))
     jax.block_until_ready(state)
     times.append((time.perf_counter() - start) / ROUNDS)
   return {
       'algorithm': name, 'clients': num_clients, 'parameters': parameters,
-      'store_gib': store / GIB,
+      'store_gib': store_bytes / GIB,
       'arguments_gib': memory.argument_size_in_bytes / GIB,
       'aliased_gib': memory.alias_size_in_bytes / GIB,
       'temporaries_gib': memory.temp_size_in_bytes / GIB,

@@ -105,7 +105,8 @@ def _one_round(data, *, attack='none', ids=(), fraction=0.0,
   state = init_server_state(params, server_optimizer=optax.sgd, aggregator=agg,
                             key=jax.random.PRNGKey(0),
                             client_learning_rate=0.3, server_learning_rate=1.0)
-  return jax.jit(round_.fn)(state, data)
+  state, _, metrics = jax.jit(round_.fn)(state, (), data)
+  return state, metrics
 
 
 def test_a_cohort_at_least_half_byzantine_is_redrawn():

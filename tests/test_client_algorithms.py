@@ -17,10 +17,10 @@ from conftest import assert_trees_close
 from fedround import train
 from fedround.aggregators import build_aggregator
 from fedround.client import make_client
-from fedround.client_algorithms import CLIENT_ALGORITHMS, init_client_state
+from fedround.client_algorithms import CLIENT_ALGORITHMS, init_store
 from fedround.data import FederatedData, uniform
 from fedround.registry import ConfigError
-from fedround.rounds import (make_mesh, make_round, make_rounds, place_state,
+from fedround.rounds import (make_mesh, make_round, make_rounds, place,
                              replicate)
 from fedround.server import init_server_state
 
@@ -76,22 +76,22 @@ def build(algorithm, data, *, cohort=None, local_steps=5,
   state = init_server_state(
       params, server_optimizer=optax.sgd, aggregator=aggregator,
       key=jax.random.PRNGKey(1), client_learning_rate=learning_rate,
-      server_learning_rate=1.0,
-      client_state=init_client_state(algorithm, params, num_clients,
-                                     optax.sgd))
-  return round_, place_state(state, mesh, num_clients)
+      server_learning_rate=1.0, shared=algorithm.init_shared(params))
+  store = init_store(algorithm, params, num_clients, optax.sgd)
+  return round_, place(state, store, mesh, num_clients)
 
 
 def run_rounds(algorithm, data, rounds, mesh=None, **kwargs):
-  """``rounds`` jitted rounds; returns (cohort ids, state) after each."""
-  round_, state = build(algorithm, data, mesh=mesh, **kwargs)
+  """``rounds`` jitted rounds; returns (cohort ids, state, store) after
+  each."""
+  round_, (state, store) = build(algorithm, data, mesh=mesh, **kwargs)
   data = replicate(data, mesh)
   step = jax.jit(round_.fn)
   states = []
   for _ in range(rounds):
     cohort_ids = round_.cohort(state)[0]
-    state, _ = step(state, data)
-    states.append((np.asarray(cohort_ids), state))
+    state, store, _ = step(state, store, data)
+    states.append((np.asarray(cohort_ids), state, store))
   assert len(round_.traces) == 1
   return states
 
@@ -100,9 +100,9 @@ def test_rounds_past_num_active_leave_the_store_alone():
   """make_rounds skips rounds past num_active without copying the store;
   the store must still come out as after the active rounds only."""
   data, *_ = quadratic_federation(num_clients=6)
-  one = run_rounds('scaffold', data, 1, cohort=3)[-1][1]
-  round_, state = build('scaffold', data, cohort=3)
-  scanned, _ = make_rounds(round_.fn, 3)(state, data, jnp.int32(1))
+  one = run_rounds('scaffold', data, 1, cohort=3)[-1][1:]
+  round_, (state, store) = build('scaffold', data, cohort=3)
+  scanned = make_rounds(round_.fn, 3)(state, store, data, jnp.int32(1))[:2]
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(scanned)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -136,16 +136,15 @@ def numpy_scaffold_m(optima, curvature, cohorts, beta, local_steps, lr):
 def test_scaffold_m_equals_numpy_reference(beta):
   data, optima, curvature, _ = quadratic_federation(num_clients=6)
   states = run_rounds(f'scaffold_m(beta={beta})', data, 3, cohort=3)
-  cohorts = [ids[:3] for ids, _ in states]
+  cohorts = [ids[:3] for ids, _, _ in states]
   assert len({tuple(sorted(c)) for c in cohorts}) > 1  # cohorts differ
   expected = numpy_scaffold_m(optima, curvature, cohorts, beta, 5, 0.1)
-  for (_, state), (w, c, c_i, g) in zip(states, expected):
+  for (_, state, store), (w, c, c_i, g) in zip(states, expected):
     np.testing.assert_allclose(state.params['params']['w'], w, rtol=1e-5,
                                atol=1e-5)
-    shared = state.client_state.shared
+    shared = state.shared
     np.testing.assert_allclose(shared.control['params']['w'], c, atol=1e-5)
-    np.testing.assert_allclose(state.client_state.own['params']['w'], c_i,
-                               atol=1e-5)
+    np.testing.assert_allclose(store['params']['w'], c_i, atol=1e-5)
     if beta < 1:
       np.testing.assert_allclose(shared.momentum['params']['w'], g,
                                  rtol=1e-5, atol=1e-5)
@@ -157,7 +156,7 @@ def test_fedavg_m_and_fedprox_equal_numpy_reference():
   for spec in (f'fedavg_m(beta={beta})', f'fedprox(mu={mu})'):
     states = run_rounds(spec, data, 2)
     w, g = np.zeros(DIM), np.zeros(DIM)
-    for _, state in states:
+    for _, state, _ in states:
       deltas = []
       for i in range(len(optima)):
         x = w.copy()
@@ -221,10 +220,9 @@ def test_client_state_resumes_bit_exactly(algorithm, client, tmp_path):
   resumed = train.run(small(8), stopped)
   assert resumed.summary['resumed_from'] == 4
   straight = train.run(small(8), fresh)
-  store = resumed.state.client_state
-  assert jax.tree.leaves(store.own or store.optimizer)  # state is kept
-  for a, b in zip(jax.tree.leaves(resumed.state),
-                  jax.tree.leaves(straight.state)):
+  assert jax.tree.leaves(resumed.store)  # state is kept
+  for a, b in zip(jax.tree.leaves((resumed.state, resumed.store)),
+                  jax.tree.leaves((straight.state, straight.store))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -254,8 +252,8 @@ def test_replicas_with_client_state_equal_separate_runs(tmp_path):
                                           for s in (0, 1)])
   for config, result in zip(configs, together):
     alone = train.run(config, str(tmp_path / f'alone{config.seed}'))
-    assert_trees_close(result.state.client_state, alone.state.client_state,
-                       atol=1e-5)
+    assert_trees_close((result.state.shared, result.store),
+                       (alone.state.shared, alone.store), atol=1e-5)
     assert_trees_close(result.state.params, alone.state.params, atol=1e-5)
 
 
@@ -263,13 +261,14 @@ def test_sharded_equals_unsharded():
   data, *_ = quadratic_federation(num_clients=8)
   mesh = make_mesh()
   assert mesh is not None and mesh.size == 8
-  one = run_rounds('scaffold_m(beta=0.5)', data, 3, cohort=5)[-1][1]
+  one = run_rounds('scaffold_m(beta=0.5)', data, 3, cohort=5)[-1][1:]
   many = run_rounds('scaffold_m(beta=0.5)', data, 3, cohort=5,
-                    mesh=mesh)[-1][1]
-  assert_trees_close(one.params, many.params, atol=1e-6)
-  assert_trees_close(one.client_state, many.client_state, atol=1e-6)
+                    mesh=mesh)[-1][1:]
+  assert_trees_close(one[0].params, many[0].params, atol=1e-6)
+  assert_trees_close((one[0].shared, one[1]), (many[0].shared, many[1]),
+                     atol=1e-6)
   # The store stays split over the devices: 8 clients, one row each.
-  rows = many.client_state.own['params']['w'].addressable_shards
+  rows = many[1]['params']['w'].addressable_shards
   assert len(rows) == 8 and rows[0].data.shape == (1, DIM)
 
 
@@ -278,11 +277,11 @@ def test_non_finite_client_leaves_the_store_untouched():
   x = np.asarray(data.x).copy()
   x[2, :, 0] = np.nan  # client 2's optimum is NaN
   data = data.replace(x=jnp.asarray(x))
-  state = run_rounds('scaffold', data, 2)[-1][1]
-  own = np.asarray(state.client_state.own['params']['w'])
+  _, state, store = run_rounds('scaffold', data, 2)[-1]
+  own = np.asarray(store['params']['w'])
   np.testing.assert_array_equal(own[2], 0.0)  # never written
   assert np.isfinite(own).all()
-  assert np.isfinite(state.client_state.shared.control['params']['w']).all()
+  assert np.isfinite(state.shared.control['params']['w']).all()
   assert np.isfinite(state.params['params']['w']).all()
 
 

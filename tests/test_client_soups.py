@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,8 @@ from fedround.client_soups import (ENSEMBLES, METHODS, client_logits,
 from fedround.ensembles import majority_vote, runoff_election
 from fedround.registry import ConfigError
 from fedround.rounds import make_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_soup_config(rounds=3):
@@ -77,18 +81,19 @@ def test_run_soups_end_to_end_and_resumes(tmp_path):
 def test_soup_metrics_of_the_client_models():
   config = tiny_soup_config()
   experiment = train.build(config)
-  params = experiment.init_state().params  # placed on the mesh
+  state, store = experiment.init_state()  # placed on the mesh
+  params = state.params
   on_host = experiment._replace(data=train.load_data(config))
-  models_of = jax.jit(lambda p, k: client_models(on_host, p, k))
-  models = models_of(jax.device_get(params), stage_key(0, 2))
+  models_of = jax.jit(lambda k: client_models(on_host, *jax.device_get(
+      (state, store)), k))
+  models = models_of(stage_key(0, 2))
   assert jax.tree.leaves(models)[0].shape[0] == 6
-  assert_trees_close(models_of(jax.device_get(params), stage_key(0, 2)),
-                     models, atol=0, rtol=0)
-  other = models_of(jax.device_get(params), stage_key(0, 3))
+  assert_trees_close(models_of(stage_key(0, 2)), models, atol=0, rtol=0)
+  other = models_of(stage_key(0, 3))
   assert not np.allclose(jax.tree.leaves(other)[0],
                          jax.tree.leaves(models)[0])
 
-  metrics = make_soup_metrics(experiment)(params, stage_key(0, 2))
+  metrics = make_soup_metrics(experiment)(state, store, stage_key(0, 2))
   evaluate = make_evaluate(experiment.model.apply)
   data = on_host.data
   test = lambda p: float(evaluate(p, data.test_x, data.test_y)[1])
@@ -121,7 +126,7 @@ def test_ensembles_of_one_or_identical_models_are_that_model():
   config = tiny_soup_config()
   experiment = train.build(config)
   data = train.load_data(config)
-  params = jax.device_get(experiment.init_state().params)
+  params = jax.device_get(experiment.init_state()[0].params)
   apply_fn = experiment.model.apply
   accuracy = float(make_evaluate(apply_fn)(params, data.test_x,
                                            data.test_y)[1])
@@ -151,3 +156,34 @@ def test_run_soups_rejects_bad_input(tmp_path):
       run_soups(tiny_soup_config(), str(tmp_path), every=2, seeds=seeds)
   assert soup_stages(10, 4) == [4, 8, 10] and soup_stages(3, 5) == [3]
   assert not os.listdir(tmp_path)
+
+
+
+def test_soup_script_with_client_state(tmp_path):
+  """scripts/soup.py on SCAFFOLD, whose clients keep a control variate;
+  the client models are fine-tuned with their own rows of the store, so
+  zeroing the store changes them."""
+  workdir = tmp_path / 'soups'
+  result = subprocess.run(
+      [sys.executable, 'scripts/soup.py', '--config',
+       'experiments/soups.py:local_steps=2', '--workdir', str(workdir),
+       '--every', '2', '--config.rounds=2', '--config.model=logistic',
+       '--config.data.num_clients=6', '--config.clients_per_round=3',
+       '--config.client.algorithm=scaffold', '--config.eval_every=2',
+       '--config.checkpoint_every=2', '--config.progress=False'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '| greedy_soup |' in result.stdout
+
+  config = tiny_soup_config(rounds=2)
+  config.client.algorithm = 'scaffold'
+  trained = train.run(config, str(tmp_path / 'run'))
+  assert any(np.any(np.asarray(x)) for x in jax.tree.leaves(trained.store))
+  on_host = train.build(config)._replace(data=train.load_data(config))
+  state, store = jax.device_get((trained.state, trained.store))
+  models = jax.jit(lambda store: client_models(on_host, state, store,
+                                               stage_key(0, 2)))
+  with_store = models(store)
+  without = models(jax.tree.map(np.zeros_like, store))
+  assert not np.allclose(jax.tree.leaves(with_store)[0],
+                         jax.tree.leaves(without)[0])

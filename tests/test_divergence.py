@@ -82,10 +82,10 @@ def test_a_non_finite_aggregate_is_refused_and_counted():
   config.aggregator = 'overflowing_mean'
   config.server.optimizer = 'adam'
   experiment = train.build(config)
-  state = experiment.init_state()
+  state, store = experiment.init_state()
   before = jax.device_get((state.params, state.opt_state))
-  new_state, metrics = make_rounds(experiment.round.fn, 2)(
-      state, experiment.data, jnp.int32(2))
+  new_state, _, metrics = make_rounds(experiment.round.fn, 2)(
+      state, store, experiment.data, jnp.int32(2))
   assert list(metrics['aggregate_refused']) == [1, 1]
   for a, b in zip(jax.tree.leaves((new_state.params, new_state.opt_state)),
                   jax.tree.leaves(before)):

@@ -53,7 +53,7 @@ def test_fedavg_equals_numpy(tiny_federation):
                             server_learning_rate=1.0)
   step = jax.jit(round_.fn)
   for _ in range(3):
-    state, metrics = step(state, data)
+    state, _, metrics = step(state, (), data)
   dense = params['params']['Dense_0']
   w, b = numpy_fedavg(np.asarray(dense['kernel'], np.float64),
                       np.asarray(dense['bias'], np.float64), data, lr=0.5,
@@ -96,19 +96,20 @@ def test_vmapped_round_equals_python_loop():
   for schedule in (dict(local_steps=4, local_epochs=0),
                    dict(local_steps=0, local_epochs=2)):
     experiment = _digits_experiment(**schedule)
-    state = experiment.init_state()
+    state, store = experiment.init_state()
     ids, _, keys, _ = experiment.round.cohort(state)
     expected = baselines.python_loop_round(
         experiment.client, state.params, experiment.data, ids, keys,
         client_learning_rate=experiment.config.client.learning_rate)
-    new_state, _ = jax.jit(experiment.round.fn)(state, experiment.data)
+    new_state, _, _ = jax.jit(experiment.round.fn)(state, store,
+                                                   experiment.data)
     assert_trees_close(new_state.params, expected, atol=1e-5)
 
 
 def test_centralised_floor_takes_the_same_steps():
   """With one client the centralised step is that client's training."""
   experiment = _digits_experiment(local_steps=3, local_epochs=0)
-  state = experiment.init_state()
+  state, _ = experiment.init_state()
   ids, _, keys, _ = experiment.round.cohort(state)
   learning_rate = experiment.config.client.learning_rate
   one = baselines.make_centralised(experiment.client, learning_rate)(

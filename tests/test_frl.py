@@ -143,10 +143,10 @@ def frl_config():
 
 def _run_rounds(config, rounds):
   experiment = train.build(config)
-  initial = jax.device_get(experiment.init_state().params)
+  initial = jax.device_get(experiment.init_state()[0].params)
   fn = make_rounds(experiment.round.fn, rounds)
-  state, metrics = fn(experiment.init_state(), experiment.data,
-                      jnp.int32(rounds))
+  state, _, metrics = fn(*experiment.init_state(), experiment.data,
+                         jnp.int32(rounds))
   return experiment, initial, jax.device_get(state.params), metrics
 
 

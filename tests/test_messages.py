@@ -80,9 +80,9 @@ def test_signsgd_round_moves_each_coordinate_by_the_server_step():
   config.attack.name = 'sign_flip'
   config.attack.fraction = 0.25
   experiment = train.build(config)
-  before = jax.device_get(experiment.init_state().params)
-  state, metrics = make_rounds(experiment.round.fn, 2)(
-      experiment.init_state(), experiment.data, jnp.int32(2))
+  before = jax.device_get(experiment.init_state()[0].params)
+  state, _, metrics = make_rounds(experiment.round.fn, 2)(
+      *experiment.init_state(), experiment.data, jnp.int32(2))
   moved = [np.abs(a - b) for a, b in zip(
       jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(before))]
   moved = np.concatenate([m.ravel() for m in moved])
@@ -98,7 +98,7 @@ def test_identity_messages_log_float32_bits():
   config = _signs_config()
   config.client.message = 'identity'
   experiment = train.build(config)
-  _, metrics = jax.jit(experiment.round.fn)(experiment.init_state(),
-                                            experiment.data)
+  _, _, metrics = jax.jit(experiment.round.fn)(*experiment.init_state(),
+                                               experiment.data)
   assert float(metrics['uplink_bits']) == 32 * 650
   assert float(metrics['uplink_ratio_vs_float32']) == 1

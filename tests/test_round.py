@@ -19,8 +19,8 @@ from fedround.server import init_server_state
 def _run_rounds(config, rounds):
   experiment = train.build(config)
   fn = make_rounds(experiment.round.fn, rounds)
-  state, metrics = fn(experiment.init_state(), experiment.data,
-                      jnp.int32(rounds))
+  state, _, metrics = fn(*experiment.init_state(), experiment.data,
+                         jnp.int32(rounds))
   return experiment, state, metrics
 
 
@@ -63,10 +63,11 @@ def test_sharded_client_updates_are_per_client():
   for shard in (False, True):
     config.shard = shard
     experiment = train.build(config)
-    state = experiment.init_state()
-    new_state, _ = jax.jit(experiment.round.fn)(state, experiment.data)
+    state, store = experiment.init_state()
+    new_state, _, _ = jax.jit(experiment.round.fn)(state, store,
+                                                   experiment.data)
     deltas[shard] = jax.tree.map(jnp.subtract, new_state.params,
-                                 experiment.init_state().params)
+                                 experiment.init_state()[0].params)
   assert_trees_close(deltas[True], deltas[False], atol=1e-6)
 
 
@@ -83,9 +84,9 @@ def test_round_traces_once_over_many_calls(tmp_path):
 
   experiment = train.build(config)
   fn = make_rounds(experiment.round.fn, 3)
-  state = experiment.init_state()
+  state, store = experiment.init_state()
   for active in (3, 3, 1, 3):
-    state, _ = fn(state, experiment.data, jnp.int32(active))
+    state, store, _ = fn(state, store, experiment.data, jnp.int32(active))
   assert len(experiment.round.traces) == 1
   assert fn._cache_size() == 1
   assert int(state.round) == 10
@@ -116,7 +117,8 @@ def test_nonfinite_client_updates_are_excluded_and_counted(tiny_federation):
                               key=jax.random.PRNGKey(0),
                               client_learning_rate=0.3,
                               server_learning_rate=1.0)
-    return jax.jit(round_.fn)(state, d)
+    state, _, metrics = jax.jit(round_.fn)(state, (), d)
+    return state, metrics
 
   state, metrics = one_round(bad)
   assert int(metrics['nonfinite_excluded']) == 2

@@ -204,7 +204,7 @@ def test_cosine_local_schedule_steps_once_an_epoch():
   loss with gradient 1 moves by -lr x the sum of its steps' multipliers:
   2 epochs of 2 batches, 1 + 1 + 0.5 + 0.5; 4 local steps, 1 + 0.854 + 0.5
   + 0.146; that sum is the round's step count for the mean direction."""
-  from fedround.client import make_client
+  from fedround.client import Broadcast, ClientData, ClientInput, make_client
   from fedround.optimizers import LOCAL_SCHEDULES
   cosine = LOCAL_SCHEDULES.build('cosine', 'config.client.local_schedule')
   np.testing.assert_allclose(cosine(jnp.arange(5), 5),
@@ -213,13 +213,14 @@ def test_cosine_local_schedule_steps_once_an_epoch():
   slope = lambda outputs, labels, valid: jnp.sum(
       outputs[:, 0] * valid) / jnp.sum(valid)
   x, y = jnp.ones((1, 4, 1)), jnp.zeros((1, 4), jnp.int32)
+  broadcast = Broadcast({'w': jnp.zeros(1)}, jnp.float32(0.1), (),
+                        ClientData(x, y, jnp.array([4])))
+  one = ClientInput(jnp.int32(0), jax.random.PRNGKey(0), ())
   for schedule, expected in ((dict(local_epochs=2), 3.0),
                              (dict(local_steps=4), 2.5)):
     client = make_client(apply_fn, optax.sgd, batch_size=2, max_examples=4,
                          objective=slope, local_schedule=cosine, **schedule)
-    result = jax.jit(client.update)({'w': jnp.zeros(1)}, x, y,
-                                    jnp.array([4]), 0, jax.random.PRNGKey(0),
-                                    jnp.float32(0.1))
+    result = jax.jit(client.update)(broadcast, one)
     np.testing.assert_allclose(result.delta['w'], [-0.1 * expected],
                                rtol=1e-6)
     # What the round divides by to get the mean local direction (FedAvg-M,
@@ -227,9 +228,7 @@ def test_cosine_local_schedule_steps_once_an_epoch():
     np.testing.assert_allclose(result.scaled_steps, expected, rtol=1e-6)
     plain = make_client(apply_fn, optax.sgd, batch_size=2, max_examples=4,
                         objective=slope, **schedule)
-    assert float(jax.jit(plain.update)(
-        {'w': jnp.zeros(1)}, x, y, jnp.array([4]), 0, jax.random.PRNGKey(0),
-        jnp.float32(0.1)).scaled_steps) == 4.0
+    assert float(jax.jit(plain.update)(broadcast, one).scaled_steps) == 4.0
 
 
 def test_server_optimizers_are_registered():

@@ -49,7 +49,7 @@ def _tiny(aggregator='weighted_mean', **overrides):
 def _rounds(config, rounds=3):
   experiment = train.build(config)
   fn = make_rounds(experiment.round.fn, rounds)
-  state, metrics = fn(experiment.init_state(), experiment.data,
+  state, _, metrics = fn(*experiment.init_state(), experiment.data,
                       jnp.int32(rounds))
   return experiment, state, metrics
 
@@ -68,7 +68,7 @@ def test_rule_in_the_round_sharded_equals_single_device(rule):
     assert np.isfinite(np.asarray(leaf)).all()
   assert_trees_close(results[True][0], results[False][0], atol=5e-5,
                      rtol=5e-4)
-  initial = experiment.init_state().params
+  initial = experiment.init_state()[0].params
   moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
       jax.tree.leaves(results[True][0]), jax.tree.leaves(initial)))
   assert moved > 0, f'{rule} never moved the model'

@@ -82,8 +82,8 @@ def _poison(step_dir):
   checkpointer = ocp.StandardCheckpointer()
   item = next(p for p in os.listdir(step_dir) if os.path.isdir(step_dir / p))
   state = checkpointer.restore(step_dir / item)
-  state['params'] = jax.tree.map(lambda x: np.full_like(x, np.nan),
-                                 state['params'])
+  state['server']['params'] = jax.tree.map(lambda x: np.full_like(x, np.nan),
+                                           state['server']['params'])
   shutil.rmtree(step_dir / item)
   checkpointer.save(step_dir / item, state)
   checkpointer.wait_until_finished()

@@ -21,11 +21,33 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedround.client_algorithms import ClientAlgorithm, fedavg
+from fedround.client_algorithms import ClientAlgorithm, LocalTrace, fedavg
 from fedround.fisher import diagonal_fisher
 from fedround.models import cross_entropy
 from fedround.optimizers import constant_local_schedule
 from fedround.registry import ConfigError
+
+
+class ClientData(NamedTuple):
+  """The federation's training arrays; a client reads its own rows."""
+  x: jax.Array  # [N, max_n, ...]
+  y: jax.Array  # [N, max_n]
+  n: jax.Array  # int32[N], each client's example count
+
+
+class Broadcast(NamedTuple):
+  """What the server sends every client of the cohort."""
+  params: Any               # the global model
+  learning_rate: jax.Array  # this round's client learning rate
+  shared: Any               # the client algorithm's server-side state
+  data: ClientData
+
+
+class ClientInput(NamedTuple):
+  """One client's own inputs; the cohort's are stacked on a leading axis."""
+  id: jax.Array   # int32, its index in the federation
+  key: jax.Array  # its PRNG key for this round
+  own: Any        # its row of the per-client store
 
 
 class ClientResult(NamedTuple):
@@ -36,8 +58,7 @@ class ClientResult(NamedTuple):
   scaled_steps: jax.Array  # their learning-rate multipliers summed (=
                            # steps under the constant local schedule)
   extras: dict             # what the aggregator needs besides the delta
-  own: Any                 # the client's algorithm state after training
-  optimizer_state: Any     # its optimizer state, when the algorithm keeps it
+  own: Any                 # the client's row of state after training
 
 
 # What a client can send besides its delta, computed at its trained model
@@ -51,8 +72,8 @@ class Client(NamedTuple):
   step: Callable     # (params, opt_state, x, y, valid, learning_rate)
                      #   -> (params, opt_state, loss); call it only on
                      #   batches with a valid example
-  update: Callable   # (params, x_all, y_all, n_all, cid, key, learning_rate,
-                     #   own=(), shared=(), optimizer_state=()) -> ClientResult
+  update: Callable   # (Broadcast, ClientInput) -> ClientResult; vmap it
+                     #   over the ClientInput with in_axes=(None, 0)
   optimizer: Callable[[jax.Array], optax.GradientTransformation]
   num_steps: int     # K, the longest schedule any client can have
   algorithm: ClientAlgorithm
@@ -123,19 +144,19 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
     return corrected_step(params, opt_state, x, y, valid, learning_rate,
                           lambda grads, params: grads)[:3]
 
-  def update(params, x_all, y_all, n_all, cid, key, learning_rate, own=(),
-             shared=(), optimizer_state=()):
-    """Trains client ``cid`` of the federation arrays [N, max_n, ...]
-    from the global ``params``, with its algorithm state ``own``, the
-    server's ``shared`` state and (when the algorithm keeps it) its
-    ``optimizer_state``."""
-    n = n_all[cid]
-    idx, valid = batches(key, n)
+  def update(broadcast: Broadcast, client: ClientInput) -> ClientResult:
+    """Trains ``client`` from the global model, with its row of state and
+    the algorithm's server-side state."""
+    params, learning_rate, shared, data = broadcast
+    own = client.own
+    n = data.n[client.id]
+    idx, valid = batches(client.key, n)
     if local_steps:  # gather only the K * B rows this client will read
-      x, y = x_all[cid, idx.reshape(-1)], y_all[cid, idx.reshape(-1)]
+      x = data.x[client.id, idx.reshape(-1)]
+      y = data.y[client.id, idx.reshape(-1)]
       idx = jnp.arange(num_steps * batch_size).reshape(idx.shape)
     else:  # epochs read every example: keep the client's whole array
-      x, y = x_all[cid], y_all[cid]
+      x, y = data.x[client.id], data.y[client.id]
     per_epoch = (n + batch_size - 1) // batch_size
     steps = local_steps or local_epochs * per_epoch
     # The local schedule runs over the K steps, or the E epochs of
@@ -151,25 +172,25 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
       rate = learning_rate * local_schedule(position(k), length)
       p, s, loss, grads = corrected_step(p, s, x[idx[k]], y[idx[k]],
                                          valid[k], rate, direction)
-      if algorithm.needs_mean_gradient:
-        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-      return k + 1, p, s, loss_sum + loss, grad_sum
+      return (k + 1, p, s, loss_sum + loss,
+              jax.tree.map(jnp.add, grad_sum, grads))
 
     # A while loop, not a scan: under vmap it runs to the cohort's longest
     # schedule rather than the federation's, so small cohorts idle less.
     # Counters start from n so that they share its sharding (under shard_map
     # a literal 0 would be device-invariant while the loop makes it vary).
     zero = jnp.zeros_like(n)
-    if not algorithm.keeps_optimizer_state:
-      optimizer_state = optimizer(learning_rate).init(params)
-    grad_sum = (jax.tree.map(jnp.zeros_like, params)
-                if algorithm.needs_mean_gradient else ())
+    optimizer_state = algorithm.start(own, optimizer(learning_rate).init(
+        params))
     _, local, optimizer_state, loss_sum, grad_sum = jax.lax.while_loop(
         lambda carry: carry[0] < steps, body,
-        (zero, params, optimizer_state, zero.astype(jnp.float32), grad_sum))
-    mean_gradient = jax.tree.map(lambda g: g / jnp.maximum(steps, 1),
-                                 grad_sum)
-    mine = jnp.arange(x_all.shape[1]) < n
+        (zero, params, optimizer_state, zero.astype(jnp.float32),
+         jax.tree.map(jnp.zeros_like, params)))
+    trace = LocalTrace(
+        mean_gradient=jax.tree.map(lambda g: g / jnp.maximum(steps, 1),
+                                   grad_sum),
+        params=local, optimizer_state=optimizer_state, steps=steps)
+    mine = jnp.arange(data.x.shape[1]) < n
     return ClientResult(
         delta=jax.tree.map(jnp.subtract, local, params),
         num_examples=n,
@@ -177,10 +198,9 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
         steps=steps,
         scaled_steps=jnp.sum(local_schedule(jnp.arange(length), length))
         * (1 if local_steps else per_epoch),
-        extras={name: CLIENT_OUTPUTS[name](apply_fn, local, x_all[cid], mine)
+        extras={name: CLIENT_OUTPUTS[name](apply_fn, local,
+                                           data.x[client.id], mine)
                 for name in outputs},
-        own=algorithm.finish(own, mean_gradient),
-        optimizer_state=(optimizer_state if algorithm.keeps_optimizer_state
-                         else ()))
+        own=algorithm.finish(own, trace))
 
   return Client(batches, step, update, optimizer, num_steps, algorithm)

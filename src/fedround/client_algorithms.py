@@ -1,12 +1,14 @@
 """What a client does besides plain local training, and the state it keeps
 across rounds (ALGORITHMS.md section 5), chosen by ``config.client.algorithm``.
 
-A ``ClientAlgorithm`` changes the gradient of every local step
-(``direction``), may keep state for each of the N clients (``init_own``,
-``finish``; the round gathers the cohort's rows by client id and scatters
-them back) and state the server broadcasts to every client
-(``init_shared``, ``update_shared``). With ``keeps_optimizer_state`` the
-client's optimizer state also persists between its rounds (DiLoCo).
+A ``ClientAlgorithm`` is shaped like an optax transformation: pure hooks
+over its state, no behaviour flags. Every client keeps a row of state (the
+round gathers the cohort's rows of the per-client store by id and scatters
+them back), which may hold its local optimizer's state (DiLoCo); the server
+keeps one shared state it broadcasts to every client (a control variate, a
+global momentum). During local training the algorithm turns each step's
+gradient into the direction the optimizer steps along; afterwards it
+finishes the client's row from the ``LocalTrace`` of the local run.
 """
 from __future__ import annotations
 
@@ -21,24 +23,26 @@ from fedround.registry import Registry
 CLIENT_ALGORITHMS = Registry('client algorithm')
 
 
-class ClientState(NamedTuple):
-  """``shared``: what the server broadcasts (a control variate, a global
-  momentum). ``own``: every client's own state, leading axis N.
-  ``optimizer``: every client's optimizer state, leading axis N, or ()."""
-  shared: Any
-  own: Any
-  optimizer: Any
+class LocalTrace(NamedTuple):
+  """What a client's local run leaves for its algorithm to finish from."""
+  mean_gradient: Any    # the mean raw gradient over its local iterates
+  params: Any           # its last iterate, the trained model
+  optimizer_state: Any  # its local optimizer's state at the end
+  steps: jax.Array      # local steps taken
 
 
 class ClientAlgorithm(NamedTuple):
   """The hooks local training and the round call; see the module doc.
 
-  init_own(params) -> one client's state (the store stacks N of them).
+  init_own(params, optimizer_state) -> one client's row of state (the
+    store stacks N of them); ``optimizer_state`` is a fresh local
+    optimizer state.
   init_shared(params) -> the server-side state.
+  start(own, fresh_optimizer_state) -> the local optimizer state the
+    client's run starts from.
   direction(grad, local, global_params, own, shared) -> the gradient the
     client's optimizer steps along.
-  finish(own, mean_gradient) -> the client's state after its training;
-    ``mean_gradient`` is the mean raw gradient over its local iterates.
+  finish(own, trace: LocalTrace) -> the client's row after its training.
   update_shared(shared, own_before, own_after, usable, aggregate,
     step_scale, population) -> the server-side state for the next round;
     ``own_*`` are the cohort's rows [C, ...], ``usable`` bool[C], and
@@ -50,22 +54,31 @@ class ClientAlgorithm(NamedTuple):
   """
   init_own: Callable
   init_shared: Callable
+  start: Callable
   direction: Callable
   finish: Callable
   update_shared: Callable
-  keeps_optimizer_state: bool = False
-  needs_mean_gradient: bool = False
   aggregator: str = 'weighted_mean'
 
 
-def _none(params):
-  del params
+def _none(params, optimizer_state=None):
+  del params, optimizer_state
   return ()
 
 
-def _keep(own, mean_gradient):
-  del mean_gradient
+def _fresh(own, optimizer_state):
+  del own
+  return optimizer_state
+
+
+def _keep(own, trace):
+  del trace
   return own
+
+
+def _plain(grad, local, global_params, own, shared):
+  del local, global_params, own, shared
+  return grad
 
 
 def _unchanged(shared, *args):
@@ -80,7 +93,8 @@ def _check_unit(name: str, value) -> None:
                      f'{value!r}')
 
 
-def _zeros(params):
+def _zeros(params, optimizer_state=None):
+  del optimizer_state
   return jax.tree.map(jnp.zeros_like, params)
 
 
@@ -102,9 +116,7 @@ def _global_direction(aggregate, step_scale):
 @CLIENT_ALGORITHMS.register('fedavg')
 def fedavg() -> ClientAlgorithm:
   """Plain local training (McMahan et al., AISTATS 2017)."""
-  return ClientAlgorithm(_none, _none,
-                         lambda grad, local, global_, own, shared: grad,
-                         _keep, _unchanged)
+  return ClientAlgorithm(_none, _none, _fresh, _plain, _keep, _unchanged)
 
 
 @CLIENT_ALGORITHMS.register('fedprox')
@@ -119,7 +131,7 @@ def fedprox(mu: float = 0.01) -> ClientAlgorithm:
     return jax.tree.map(lambda g, w, w0: g + mu * (w - w0), grad, local,
                         global_params)
 
-  return ClientAlgorithm(_none, _none, direction, _keep, _unchanged)
+  return ClientAlgorithm(_none, _none, _fresh, direction, _keep, _unchanged)
 
 
 @CLIENT_ALGORITHMS.register('fedavg_m')
@@ -141,8 +153,8 @@ def fedavg_m(beta: float = 0.1) -> ClientAlgorithm:
                     population):
     return _global_direction(aggregate, step_scale)
 
-  return ClientAlgorithm(_none, _zeros, direction, _keep, update_shared,
-                         aggregator='mean')
+  return ClientAlgorithm(_none, _zeros, _fresh, direction, _keep,
+                         update_shared, aggregator='mean')
 
 
 class ScaffoldShared(NamedTuple):
@@ -176,8 +188,8 @@ def scaffold_m(beta: float = 0.1) -> ClientAlgorithm:
 
   return ClientAlgorithm(
       _zeros, lambda params: ScaffoldShared(_zeros(params), _zeros(params)),
-      direction, lambda c_i, mean_gradient: mean_gradient, update_shared,
-      needs_mean_gradient=True, aggregator='mean')
+      _fresh, direction, lambda c_i, trace: trace.mean_gradient,
+      update_shared, aggregator='mean')
 
 
 @CLIENT_ALGORITHMS.register('scaffold')
@@ -196,20 +208,16 @@ def diloco() -> ClientAlgorithm:
   optimizer, SGD with Nesterov momentum (``config.server.optimizer``). The
   outer gradient is the workers' uniform mean (its Algorithm 1), so the
   default rule is ``mean``."""
-  return ClientAlgorithm(_none, _none,
-                         lambda grad, local, global_, own, shared: grad,
-                         _keep, _unchanged, keeps_optimizer_state=True,
-                         aggregator='mean')
+  return ClientAlgorithm(
+      lambda params, optimizer_state: optimizer_state, _none,
+      lambda own, fresh: own, _plain,
+      lambda own, trace: trace.optimizer_state, _unchanged, aggregator='mean')
 
 
-def init_client_state(algorithm: ClientAlgorithm, params, population: int,
-                      optimizer: Callable[[Any], optax.GradientTransformation]
-                      ) -> ClientState:
-  """Round 0's ClientState: one row of own and optimizer state per client."""
-  stack = lambda tree: jax.tree.map(
-      lambda x: jnp.broadcast_to(x, (population,) + jnp.shape(x)), tree)
-  return ClientState(
-      shared=algorithm.init_shared(params),
-      own=stack(algorithm.init_own(params)),
-      optimizer=stack(optimizer(jnp.float32(1)).init(params))
-      if algorithm.keeps_optimizer_state else ())
+def init_store(algorithm: ClientAlgorithm, params, population: int,
+               optimizer: Callable[[Any], optax.GradientTransformation]):
+  """Round 0's per-client store: every client's row of ``init_own``,
+  stacked on a leading axis of the N clients (() when it keeps nothing)."""
+  row = algorithm.init_own(params, optimizer(jnp.float32(1)).init(params))
+  return jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (population,) + jnp.shape(x)), row)

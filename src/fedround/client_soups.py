@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedround import train
+from fedround.client import Broadcast, ClientData, ClientInput
 from fedround.ensembles import majority_vote, runoff_election
 from fedround.registry import ConfigError
 from fedround.rounds import make_evaluate
@@ -48,20 +49,21 @@ def stage_key(seed: int, round_: int) -> jax.Array:
       jax.random.fold_in(jax.random.PRNGKey(seed), SOUP_STREAM), round_)
 
 
-def client_models(experiment, params, key):
-  """Every client's model fine-tuned from ``params`` by its local training
-  in a round (``experiment.client.update``, client i with key
-  ``fold_in(key, i)``): the pytree ``params + delta_i`` with a leading axis
-  of the N clients."""
+def client_models(experiment, state, store, key):
+  """Every client's model fine-tuned from the global model ``state.params``
+  by its local training in a round (``experiment.client.update``, client i
+  with key ``fold_in(key, i)``, its row of the per-client ``store`` and the
+  algorithm's server-side ``state.shared``): the pytree ``params + delta_i``
+  with a leading axis of the N clients."""
   data = experiment.data
   ids = jnp.arange(data.num_clients)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
-  local_training = jax.vmap(experiment.client.update,
-                            in_axes=(None, None, None, None, 0, 0, None))
-  deltas = local_training(
-      params, *map(jnp.asarray, (data.x, data.y, data.n)), ids, keys,
-      jnp.float32(experiment.config.client.learning_rate)).delta
-  return jax.tree.map(jnp.add, params, deltas)
+  broadcast = Broadcast(
+      state.params, jnp.float32(experiment.config.client.learning_rate),
+      state.shared, ClientData(*map(jnp.asarray, (data.x, data.y, data.n))))
+  deltas = jax.vmap(experiment.client.update, in_axes=(None, 0))(
+      broadcast, ClientInput(ids, keys, store)).delta
+  return jax.tree.map(jnp.add, state.params, deltas)
 
 
 def client_logits(apply_fn, models, x: jax.Array,
@@ -82,11 +84,12 @@ def ensemble_accuracies(logits: jax.Array, y: jax.Array
           for name, vote in ENSEMBLES.items()}
 
 
-def make_soup_metrics(experiment) -> Callable[[Any, jax.Array], dict]:
-  """``(params, key) -> {metric: number}``: the accuracy on the proxy set
-  and on the test split of each of METHODS (``<method>_proxy_accuracy``,
-  ``<method>_test_accuracy``) and ``greedy_soup_ingredients``, for the
-  client models fine-tuned from the global model ``params`` with ``key``.
+def make_soup_metrics(experiment) -> Callable[[Any, Any, jax.Array], dict]:
+  """``(state, store, key) -> {metric: number}``: the accuracy on the proxy
+  set and on the test split of each of METHODS
+  (``<method>_proxy_accuracy``, ``<method>_test_accuracy``) and
+  ``greedy_soup_ingredients``, for the client models fine-tuned from the
+  global model ``state.params`` with ``key`` (``client_models``).
   The best single model and the greedy soup (Wortsman et al., ICML 2022)
   are chosen by proxy accuracy. Jitted once; runs on one device."""
   data = jax.device_get(experiment.data)
@@ -99,9 +102,10 @@ def make_soup_metrics(experiment) -> Callable[[Any, jax.Array], dict]:
   test_evaluate = make_evaluate(apply_fn, min(1024, len(data.test_y)))
 
   @jax.jit
-  def metrics(params, data, key):
+  def metrics(state, store, data, key):
     # The data is an argument rather than a constant baked into the jit.
-    models = client_models(experiment._replace(data=data), params, key)
+    models = client_models(experiment._replace(data=data), state, store, key)
+    params = state.params
     proxy = lambda p: proxy_evaluate(p, data.proxy_x, data.proxy_y)[1]
     test = lambda p: test_evaluate(p, data.test_x, data.test_y)[1]
     # Each client model's logits, once per split: its own accuracy (the
@@ -131,9 +135,9 @@ def make_soup_metrics(experiment) -> Callable[[Any, jax.Array], dict]:
     out.update(greedy_soup_ingredients=jnp.sum(ingredients))
     return out
 
-  return lambda params, key: {
-      name: value.item() for name, value in jax.device_get(
-          metrics(jax.device_get(params), data, key)).items()}
+  return lambda state, store, key: {
+      name: value.item() for name, value in jax.device_get(metrics(
+          *jax.device_get((state, store)), data, key)).items()}
 
 
 def soup_stages(rounds: int, every: int) -> list[int]:
@@ -180,7 +184,8 @@ def run_soups(config: ml_collections.ConfigDict, workdir: str, every: int,
         raise ConfigError(f'{run_dir} holds a run past round {stage} that '
                           f'{path} has no soups for; delete {run_dir}')
       row = {'round': stage, 'seed': seed,
-             **soup_metrics(result.state.params, stage_key(seed, stage))}
+             **soup_metrics(result.state, result.store,
+                            stage_key(seed, stage))}
       with open(path, 'a') as f:
         f.write(json.dumps(row) + '\n')
       rows.append(row)

@@ -1,6 +1,7 @@
 """Builds the federation round from its parts, shards it, scans it.
 
-round(state, data) -> (state, metrics): sample a cohort, gather its data,
+round(state, store, data) -> (state, store, metrics): sample a cohort,
+gather its data,
 vmap local training over the client axis (sharded over the mesh axis
 ``clients``), encode each client's message (fedround.messages), let the
 cohort's Byzantine clients forge theirs, exclude non-finite updates,
@@ -21,8 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fedround.aggregators import Aggregator
 from fedround.aggregators.stack import zero_absent
 from fedround.attacks import Attack, byzantine_mask, no_attack
-from fedround.client import Client
-from fedround.client_algorithms import ClientState
+from fedround.client import Broadcast, Client, ClientData, ClientInput
 from fedround.data import FederatedData, Participation
 from fedround.messages import Message, float32_bits, identity
 from fedround.models import negative_log_likelihood
@@ -61,21 +61,16 @@ def store_sharding(mesh: Mesh | None, population: int, replicas: bool = False):
   return NamedSharding(mesh, P(None, CLIENTS) if replicas else P(CLIENTS))
 
 
-def place_state(state: ServerState, mesh: Mesh | None, population: int,
-                replicas: bool = False) -> ServerState:
-  """Replicates the server state over the mesh, except the per-client
-  store, which is split by ``store_sharding``."""
-  store = state.client_state
-  placed = replicate(state.replace(client_state=store._replace(
-      own=(), optimizer=())), mesh)
-  sharding = store_sharding(mesh, population, replicas)
-  own, optimizer = jax.device_put((store.own, store.optimizer), sharding)
-  return placed.replace(client_state=placed.client_state._replace(
-      own=own, optimizer=optimizer))
+def place(state: ServerState, store, mesh: Mesh | None, population: int,
+          replicas: bool = False):
+  """(state, store) on the mesh: the server state on every device, the
+  per-client store split by ``store_sharding``."""
+  return (replicate(state, mesh),
+          jax.device_put(store, store_sharding(mesh, population, replicas)))
 
 
 class Round(NamedTuple):
-  fn: Callable[[ServerState, FederatedData], tuple[ServerState, dict]]
+  fn: Callable  # (state, store, data, active=True) -> (state, store, metrics)
   cohort: Callable  # state -> (ids, present, client_keys, aggregate_key)
   cohort_buffer: int  # cohort size padded to a multiple of the device count
   traces: list        # one entry appended each time the round is traced
@@ -115,24 +110,25 @@ def _idle_fraction(steps, present):
   return (budget - jnp.sum(steps)) / budget
 
 
-def _update_client_state(algorithm, store: ClientState, ids, usable,
-                         own_before, results, aggregate, learning_rate,
-                         population) -> ClientState:
-  """Scatters the usable clients' new rows into the store (the others
-  keep theirs) and lets the algorithm update the server-side state; a
-  round with no usable client changes nothing."""
+def _update_store(store, ids, usable, rows, population):
+  """Scatters the usable clients' new rows into the store; the others
+  keep theirs."""
   target = jnp.where(usable, ids, population)  # out of range: dropped
-  scatter = lambda store, new: jax.tree.map(
-      lambda s, x: s.at[target].set(x, mode='drop'), store, new)
+  return jax.tree.map(lambda s, x: s.at[target].set(x, mode='drop'), store,
+                      rows)
+
+
+def _update_shared(algorithm, shared, usable, own_before, results,
+                   aggregate, learning_rate, population):
+  """The client algorithm's server-side state after the round; a round
+  with no usable client changes nothing."""
   steps = jnp.sum(jnp.where(usable, results.scaled_steps, 0)) / jnp.maximum(
       jnp.sum(usable), 1)
-  shared = algorithm.update_shared(
-      store.shared, own_before, results.own, usable, aggregate,
+  new = algorithm.update_shared(
+      shared, own_before, results.own, usable, aggregate,
       learning_rate * jnp.maximum(steps, 1), population)
-  shared = jax.tree.map(lambda new, old: jnp.where(jnp.any(usable), new, old),
-                        shared, store.shared)
-  return ClientState(shared, scatter(store.own, results.own),
-                     scatter(store.optimizer, results.optimizer_state))
+  return jax.tree.map(lambda new, old: jnp.where(jnp.any(usable), new, old),
+                      new, shared)
 
 
 def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
@@ -163,22 +159,18 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
   buffer = math.ceil(cohort / num_devices) * num_devices
   # Every client reads the (replicated) federation arrays and gathers its
   # own rows, so each device gathers only the rows of its own clients.
-  vmapped = jax.vmap(client.update,
-                     in_axes=(None, None, None, None, 0, 0, None, 0, None, 0))
+  vmapped = jax.vmap(client.update, in_axes=(None, 0))
   if mesh is None:
     train_clients = vmapped
   else:
-    def per_device(params, x, y, n, ids, keys, learning_rate, own, shared,
-                   optimizer_state):
+    def per_device(broadcast: Broadcast, inputs: ClientInput):
       # Replicated params would make grads implicitly psum'ed across devices.
-      params, shared = jax.lax.pcast((params, shared), CLIENTS, to='varying')
-      return vmapped(params, x, y, n, ids, keys, learning_rate, own, shared,
-                     optimizer_state)
-    spec = P(CLIENTS)
-    train_clients = jax.shard_map(
-        per_device, mesh=mesh,
-        in_specs=(P(), P(), P(), P(), spec, spec, P(), spec, P(), spec),
-        out_specs=spec)
+      params, shared = jax.lax.pcast((broadcast.params, broadcast.shared),
+                                     CLIENTS, to='varying')
+      return vmapped(broadcast._replace(params=params, shared=shared), inputs)
+    train_clients = jax.shard_map(per_device, mesh=mesh,
+                                  in_specs=(P(), P(CLIENTS)),
+                                  out_specs=P(CLIENTS))
   algorithm = client.algorithm
   traces = []
 
@@ -219,7 +211,7 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
     return ids, present, keys, k_aggregate, participation_state, redraws
 
-  def round_fn(state: ServerState, data: FederatedData, active=True):
+  def round_fn(state: ServerState, store, data: FederatedData, active=True):
     """One round; with ``active`` False (a traced bool) the per-client
     store is left as it was, so ``make_rounds`` can skip a round without
     copying the store."""
@@ -231,19 +223,17 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     if attack.flips_labels:
       labels = jnp.where(is_byzantine[:, None], data.num_classes - 1 - labels,
                          labels)
-    store = state.client_state
-    rows = lambda tree: jax.tree.map(lambda x: x[ids], tree)
-    own_before = rows(store.own)
+    own_before = jax.tree.map(lambda x: x[ids], store)
     client_learning_rate = (state.hparams['client_learning_rate']
                             * client_schedule(state.round))
     server_learning_rate = (state.hparams['server_learning_rate']
                             * server_schedule(state.round))
-    results = train_clients(state.params, data.x, labels, data.n, ids, keys,
-                            client_learning_rate, own_before, store.shared,
-                            rows(store.optimizer))
+    results = train_clients(
+        Broadcast(state.params, client_learning_rate, state.shared,
+                  ClientData(data.x, labels, data.n)),
+        ClientInput(ids, keys, own_before))
     client_ids = jnp.where(present, ids, -1)
-    finite = _tree_all_finite((results.delta, results.extras, results.own,
-                               results.optimizer_state))
+    finite = _tree_all_finite((results.delta, results.extras, results.own))
     messages = message.encode(results.delta, state.params)
     # What every rule may read besides the stack (see aggregators.base).
     context = dict(client_ids=client_ids, round=state.round,
@@ -285,15 +275,14 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         lambda new, old: jnp.where(accepted, new, old),
         (params, opt_state, agg_state),
         (state.params, state.opt_state, state.agg_state))
-    client_state = _update_client_state(
-        algorithm, store, ids, usable & active & accepted, own_before,
-        results, aggregate, client_learning_rate, data.num_clients)
+    stored = usable & active & accepted
+    store = _update_store(store, ids, stored, results.own, data.num_clients)
     sharding = store_sharding(mesh, data.num_clients)
-    if sharding is not None:  # keep the store split as place_state put it
-      client_state = client_state._replace(
-          own=jax.lax.with_sharding_constraint(client_state.own, sharding),
-          optimizer=jax.lax.with_sharding_constraint(client_state.optimizer,
-                                                     sharding))
+    if sharding is not None:  # keep the store split as ``place`` put it
+      store = jax.lax.with_sharding_constraint(store, sharding)
+    shared = _update_shared(algorithm, state.shared, stored, own_before,
+                            results, aggregate, client_learning_rate,
+                            data.num_clients)
     uplink_bits = message.bits(state.params)
     trained = usable & ~byzantine  # the honest clients' own training loss
     metrics = dict(
@@ -318,9 +307,9 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
     )
     new_state = state.replace(round=state.round + 1, params=params,
                               opt_state=opt_state, agg_state=agg_state,
-                              client_state=client_state,
+                              shared=shared,
                               participation=participation_state)
-    return new_state, metrics
+    return new_state, store, metrics
 
   return Round(round_fn, lambda state: sample_cohort(state)[:4], buffer,
                traces)
@@ -328,35 +317,32 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
 
 def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):
   """jit(scan of ``rounds_per_call`` rounds). Called as
-  ``fn(state, data, num_active)``; rounds past ``num_active`` leave the state
-  untouched, so a short last chunk reuses the same compiled function.
+  ``fn(state, store, data, num_active) -> (state, store, metrics)``; rounds
+  past ``num_active`` leave both untouched, so a short last chunk reuses the
+  same compiled function. The state and the store are donated.
 
-  With ``replicas`` the state has a leading replica axis (runs that differ
-  in seed or in ``state.hparams``) and the round is vmapped over it, sharing
-  the data; metrics come back as [rounds, replicas].
+  With ``replicas`` the state and store have a leading replica axis (runs
+  that differ in seed or in ``state.hparams``) and the round is vmapped over
+  it, sharing the data; metrics come back as [rounds, replicas].
   """
   if replicas:
-    round_fn = jax.vmap(round_fn, in_axes=(0, None, None))
+    round_fn = jax.vmap(round_fn, in_axes=(0, 0, None, None))
 
-  def without_store(state):
-    return state.replace(client_state=state.client_state._replace(
-        own=(), optimizer=()))
-
-  def run(state, data, num_active):
-    def body(state, t):
+  def run(state, store, data, num_active):
+    def body(carry, t):
+      state, store = carry
       active = t < num_active
-      new_state, metrics = round_fn(state, data, active)
-      # The round already left the per-client store alone when inactive;
+      # The round itself leaves the per-client store alone when inactive;
       # selecting it here too would copy all N rows every round.
-      kept = jax.tree.map(lambda a, b: jnp.where(active, a, b),
-                          without_store(new_state), without_store(state))
-      store = new_state.client_state
-      state = kept.replace(client_state=kept.client_state._replace(
-          own=store.own, optimizer=store.optimizer))
-      return state, metrics
-    return jax.lax.scan(body, state, jnp.arange(rounds_per_call))
+      new_state, store, metrics = round_fn(state, store, data, active)
+      state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state,
+                           state)
+      return (state, store), metrics
+    (state, store), metrics = jax.lax.scan(body, (state, store),
+                                           jnp.arange(rounds_per_call))
+    return state, store, metrics
 
-  return jax.jit(run, donate_argnums=0)
+  return jax.jit(run, donate_argnums=(0, 1))
 
 
 def _per_example(apply_fn, params, x, y, batch_size):

@@ -13,8 +13,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedround.client_algorithms import ClientState
-
 # Numeric config fields the round reads from ``ServerState.hparams`` rather
 # than from its closure: runs that differ only in them (or in the seed) share
 # one compiled round and can run as vmapped replicas.
@@ -28,7 +26,7 @@ class ServerState:
   params: Any              # the global model
   opt_state: Any           # server optimizer state
   agg_state: Any           # aggregator state (pre-aggregators and rule)
-  client_state: Any        # per-client state, leading axis of all N clients
+  shared: Any              # the client algorithm's server-side state
   participation: Any       # the participation model's state (e.g. Markov)
   key: jax.Array           # base PRNG key; round t uses fold_in(key, t)
   hparams: dict            # float32 scalars named in TRACED_HPARAMS
@@ -37,27 +35,21 @@ class ServerState:
 def init_server_state(params, *, server_optimizer, aggregator, key,
                       client_learning_rate: float,
                       server_learning_rate: float,
-                      participation_state=(),
-                      client_state=ClientState((), (), ())) -> ServerState:
+                      participation_state=(), shared=()) -> ServerState:
   """Round 0: ``server_optimizer`` is a factory learning_rate -> optax;
-  ``client_state`` is the clients' (client_algorithms.init_client_state;
-  the default is plain FedAvg's, which keeps nothing)."""
+  ``shared`` is the client algorithm's server-side state (init_shared;
+  plain FedAvg keeps none). The per-client store is not part of it: the
+  round takes and returns it separately."""
   hparams = {'client_learning_rate': jnp.float32(client_learning_rate),
              'server_learning_rate': jnp.float32(server_learning_rate)}
   state = ServerState(
       round=jnp.zeros((), jnp.int32), params=params,
       opt_state=server_optimizer(hparams['server_learning_rate']).init(params),
-      agg_state=aggregator.init(params), client_state=client_state,
+      agg_state=aggregator.init(params), shared=shared,
       participation=participation_state, key=key, hparams=hparams)
   # A rule's init may reuse one array for several fields; the round donates
-  # the state, and XLA refuses to donate one buffer twice. The client store
-  # (N rows per leaf, built fresh by init_client_state) is not copied: at
-  # scale a second copy would double the peak memory.
-  store = state.client_state
-  state = jax.tree.map(jnp.array, state.replace(client_state=store._replace(
-      own=(), optimizer=())))
-  return state.replace(client_state=state.client_state._replace(
-      own=store.own, optimizer=store.optimizer))
+  # the state, and XLA refuses to donate one buffer twice.
+  return jax.tree.map(jnp.array, state)
 
 
 def server_step(optimizer: optax.GradientTransformation, params, opt_state,

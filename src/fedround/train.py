@@ -1,5 +1,6 @@
 """run(config, workdir): build every part from the config, then loop
-``state, metrics = rounds(state, data, num_active)`` with evaluation, JSON-lines
+``state, store, metrics = rounds(state, store, data, num_active)`` (the
+server state and the per-client store) with evaluation, JSON-lines
 metrics, Orbax checkpoints and resumption from the latest checkpoint.
 
 run_replicas(configs, workdirs): the same for runs that differ only in seed
@@ -26,7 +27,7 @@ from fedround import config as config_lib
 from fedround.aggregators import build_aggregator
 from fedround.attacks import ATTACKS
 from fedround.client import Client, make_client
-from fedround.client_algorithms import CLIENT_ALGORITHMS, init_client_state
+from fedround.client_algorithms import CLIENT_ALGORITHMS, init_store
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
 from fedround.divergence import Watch
 from fedround.models import MODELS
@@ -37,7 +38,7 @@ from fedround.losses import LOSSES
 from fedround.messages import MESSAGES
 from fedround.rounds import (PARTICIPATION_STREAM, Round, make_evaluate,
                              make_evaluate_clients, make_mesh, make_round,
-                             make_rounds, place_state, replicate)
+                             make_rounds, place, replicate)
 from fedround.server import TRACED_HPARAMS, ServerState, init_server_state
 from fedround.workdir import Checkpoints, RunError, hold, restore_newest_good
 
@@ -53,44 +54,50 @@ class Experiment(NamedTuple):
   aggregator: Any
   mesh: Any
   participation: Any
-  # jit(init_key, run_key, example_x, client_lr, server_lr) -> ServerState
+  # jit(init_key, run_key, example_x, client_lr, server_lr)
+  #   -> (ServerState, store)
   initial_state: Any
 
   def init_state(self, config: ml_collections.ConfigDict | None = None
-                 ) -> ServerState:
-    """Round 0 for ``config`` (default: the built one); a replica's config
-    may differ from it in ``seed`` and the TRACED_HPARAMS fields only, and
-    shares this experiment's one compiled initialisation."""
+                 ) -> tuple[ServerState, Any]:
+    """Round 0's (server state, per-client store) for ``config`` (default:
+    the built one), placed on the mesh; a replica's config may differ from
+    it in ``seed`` and the TRACED_HPARAMS fields only, and shares this
+    experiment's one compiled initialisation."""
     config = config or self.config
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = self.initial_state(init_key, run_key, self.data.x[0, :1],
-                               jnp.float32(config.client.learning_rate),
-                               jnp.float32(config.server.learning_rate))
-    return place_state(state, self.mesh, self.data.num_clients)
+    state, store = self.initial_state(
+        init_key, run_key, self.data.x[0, :1],
+        jnp.float32(config.client.learning_rate),
+        jnp.float32(config.server.learning_rate))
+    return place(state, store, self.mesh, self.data.num_clients)
 
 
 def _make_initial_state(model, client, server_optimizer, aggregator,
                         participation, num_clients):
-  """Round 0's state as one compiled function of the keys and learning
-  rates (eagerly, a model's init compiles dozens of small programs)."""
+  """Round 0's (state, store) as one compiled function of the keys and
+  learning rates (eagerly, a model's init compiles dozens of small
+  programs)."""
 
   def initial_state(init_key, run_key, example_x, client_learning_rate,
                     server_learning_rate):
     params = model.init(init_key, example_x)
-    return init_server_state(
+    state = init_server_state(
         params, server_optimizer=server_optimizer, aggregator=aggregator,
         key=run_key, client_learning_rate=client_learning_rate,
         server_learning_rate=server_learning_rate,
-        client_state=init_client_state(client.algorithm, params, num_clients,
-                                       client.optimizer),
+        shared=client.algorithm.init_shared(params),
         participation_state=participation.init(
             jax.random.fold_in(run_key, PARTICIPATION_STREAM)))
+    return state, init_store(client.algorithm, params, num_clients,
+                             client.optimizer)
 
   return jax.jit(initial_state)
 
 
 class RunResult(NamedTuple):
   state: ServerState
+  store: Any  # the per-client store, leading axis of the N clients
   summary: dict
 
 
@@ -422,7 +429,9 @@ def _train(experiment: Experiment, configs, workdirs,
            replicas: bool) -> list[RunResult]:
   config = configs[0]
   logs = [_RunLog(c, w) for c, w in zip(configs, workdirs)]
-  states = [experiment.init_state(c) for c in configs]
+  # A checkpoint holds the server state and the per-client store.
+  states = [dict(zip(('server', 'clients'), experiment.init_state(c)))
+            for c in configs]
   start, states = restore_newest_good([log.checkpoints for log in logs],
                                       states)
   if start > config.rounds:
@@ -434,19 +443,21 @@ def _train(experiment: Experiment, configs, workdirs,
   if all(done):  # a finished run: keep its summary and timings
     for log in logs:
       log.checkpoints.close()
-    return [RunResult(s, summary) for s, summary in zip(states, done)]
+    return [RunResult(s['server'], s['clients'], summary)
+            for s, summary in zip(states, done)]
   if start:
     tqdm.tqdm.write(f'{", ".join(workdirs)}: resuming after round {start}, '
                     f'training on to round {config.rounds}', file=sys.stderr)
   for log in logs:
     log.open(start)
   if replicas:
-    state = place_state(jax.tree.map(lambda *xs: jnp.stack(xs), *states),
-                        experiment.mesh, experiment.data.num_clients,
-                        replicas=True)
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    state, store = place(stacked['server'], stacked['clients'],
+                         experiment.mesh, experiment.data.num_clients,
+                         replicas=True)
     unstack = lambda tree, r: jax.tree.map(lambda x: x[r], tree)
   else:
-    state = states[0]
+    state, store = states[0]['server'], states[0]['clients']
     unstack = lambda tree, r: tree
   del states
 
@@ -462,7 +473,7 @@ def _train(experiment: Experiment, configs, workdirs,
   data = experiment.data
 
   t0 = time.perf_counter()
-  compiled = rounds_fn.lower(state, data, jnp.int32(chunk)).compile()
+  compiled = rounds_fn.lower(state, store, data, jnp.int32(chunk)).compile()
   compile_seconds = time.perf_counter() - t0
   bar = tqdm.tqdm(total=config.rounds, initial=start, unit='round',
                   disable=not config.progress, dynamic_ncols=True, leave=None)
@@ -470,7 +481,7 @@ def _train(experiment: Experiment, configs, workdirs,
   while round_ < config.rounds:
     active = min(chunk, config.rounds - round_)
     t0 = time.perf_counter()
-    state, metrics = compiled(state, data, jnp.int32(active))
+    state, store, metrics = compiled(state, store, data, jnp.int32(active))
     metrics = jax.device_get(metrics)
     train_seconds += time.perf_counter() - t0
     round_ += active
@@ -501,7 +512,8 @@ def _train(experiment: Experiment, configs, workdirs,
       # A streak of unhealthy rounds is not saved over the last good step.
       if log.watch.streak == 0 and (round_ % config.checkpoint_every == 0
                                     or round_ == config.rounds):
-        log.checkpoints.save(round_, unstack(state, r))
+        log.checkpoints.save(round_, {'server': unstack(state, r),
+                                      'clients': unstack(store, r)})
     bar.update(active)
     warnings = sorted({l.watch.reason for l in logs if l.watch.streak})
     bar.set_postfix(
@@ -544,7 +556,7 @@ def _train(experiment: Experiment, configs, workdirs,
     }
     with open(log.summary_path, 'w') as f:
       json.dump(summary, f, indent=2)
-    results.append(RunResult(unstack(state, r), summary))
+    results.append(RunResult(unstack(state, r), unstack(store, r), summary))
   return results
 
 
