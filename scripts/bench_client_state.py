@@ -31,7 +31,7 @@ from fedround.data import FederatedData, uniform
 from fedround.models import MODELS
 from fedround.optimizers import build_optimizer
 from fedround.rounds import make_round, make_rounds
-from fedround.server import init_server_state
+from fedround.server import init_server_state, optimizer_step
 
 ALGORITHMS = {  # name -> (client algorithm, client optimizer)
     'fedavg': ('fedavg', 'sgd'),
@@ -65,11 +65,12 @@ def measure(name: str, num_clients: int, cohort: int) -> dict:
                        algorithm=algorithm)
   aggregator = build_aggregator('weighted_mean')
   round_ = make_round(client=client, aggregator=aggregator,
-                      server_optimizer=optax.sgd,
+                      server_update=optimizer_step(optax.sgd),
                       participation=uniform(num_clients, cohort))
   params = model.init(jax.random.PRNGKey(0), data.x[0, :1])
   state = init_server_state(
-      params, server_optimizer=optax.sgd, aggregator=aggregator,
+      params, server_update=optimizer_step(optax.sgd),
+      aggregator=aggregator,
       key=jax.random.PRNGKey(1), client_learning_rate=0.01,
       server_learning_rate=1.0, shared=algorithm.init_shared(params))
   store = init_store(algorithm, params, num_clients, optimizer)

@@ -10,12 +10,12 @@ import fedavg_digits
 from conftest import assert_trees_close
 from fedround import attacks, train
 from fedround.aggregators import build_aggregator
-from fedround.client import make_client
+from fedround.client import ClientData, make_client
 from fedround.data import FederatedData, uniform
 from fedround.models import MODELS
 from fedround.registry import ConfigError
 from fedround.rounds import make_round
-from fedround.server import init_server_state
+from fedround.server import init_server_state, optimizer_step
 
 # Three honest clients [1, 2], [3, 4], [5, 6] and two Byzantine slots.
 UPDATES = {'w': jnp.array([[1., 2.], [3., 4.], [5., 6.], [7., 7.], [9., 9.]])}
@@ -26,7 +26,7 @@ MEAN = np.array([3., 4.])
 
 def _attack(name, aggregate=None, **kwargs):
   attack = attacks.ATTACKS.call(name, kwargs, 'attack')
-  out = attack.apply(UPDATES, byzantine=BYZANTINE, honest=HONEST,
+  out = attack.forge(UPDATES, byzantine=BYZANTINE, honest=HONEST,
                      key=jax.random.PRNGKey(0), aggregate=aggregate)
   np.testing.assert_array_equal(out['w'][:3], UPDATES['w'][:3])
   return np.asarray(out['w'][3:])
@@ -45,13 +45,17 @@ def test_hand_computed_attack_vectors():
   assert np.isnan(_attack('nan')).all()
   np.testing.assert_array_equal(_attack('none'), UPDATES['w'][3:])
   np.testing.assert_array_equal(_attack('label_flip'), UPDATES['w'][3:])
-  assert attacks.label_flip().flips_labels
+  data = ClientData(jnp.zeros((2, 3, 1)), jnp.array([[0, 1, 4], [0, 1, 4]]),
+                    jnp.array([3, 3]))
+  poisoned = attacks.label_flip().poison(data, jnp.array([True, False]), 5)
+  np.testing.assert_array_equal(poisoned.y, [[4, 3, 0], [0, 1, 4]])
+  assert attacks.alie().poison(data, jnp.array([True, False]), 5) is data
 
 
 def test_gaussian_draws_per_client():
   attack = attacks.gaussian(mu=5.0, sigma=2.0)
   big = {'w': jnp.zeros((4, 20000))}
-  out = attack.apply(big, byzantine=jnp.array([True, True, False, False]),
+  out = attack.forge(big, byzantine=jnp.array([True, True, False, False]),
                      honest=jnp.array([False, False, True, True]),
                      key=jax.random.PRNGKey(1))['w']
   assert np.abs(np.mean(out[:2]) - 5.0) < 0.05
@@ -97,12 +101,14 @@ def _one_round(data, *, attack='none', ids=(), fraction=0.0,
   agg = build_aggregator(aggregator)
   client = make_client(model.apply, optax.sgd, batch_size=8,
                        max_examples=data.max_examples, local_epochs=1)
-  round_ = make_round(client=client, aggregator=agg, server_optimizer=optax.sgd,
+  round_ = make_round(client=client, aggregator=agg,
+                      server_update=optimizer_step(optax.sgd),
                       participation=uniform(data.num_clients, data.num_clients),
                       attack=attacks.ATTACKS.build(attack, 'attack'),
                       byzantine_fraction=fraction, byzantine_ids=ids)
   params = model.init(jax.random.PRNGKey(0), data.x[0, :1])
-  state = init_server_state(params, server_optimizer=optax.sgd, aggregator=agg,
+  state = init_server_state(params, server_update=optimizer_step(optax.sgd),
+                            aggregator=agg,
                             key=jax.random.PRNGKey(0),
                             client_learning_rate=0.3, server_learning_rate=1.0)
   state, _, metrics = jax.jit(round_.fn)(state, (), data)
@@ -120,7 +126,7 @@ def test_a_cohort_at_least_half_byzantine_is_redrawn():
   client = make_client(model.apply, optax.sgd, batch_size=2,
                        max_examples=2, local_steps=1)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))
-  state = init_server_state(params, server_optimizer=optax.sgd,
+  state = init_server_state(params, server_update=optimizer_step(optax.sgd),
                             aggregator=agg, key=jax.random.PRNGKey(0),
                             client_learning_rate=0.1,
                             server_learning_rate=1.0)
@@ -128,7 +134,7 @@ def test_a_cohort_at_least_half_byzantine_is_redrawn():
   cohorts = {}
   for share in (0.0, 0.5):
     round_ = make_round(client=client, aggregator=agg,
-                        server_optimizer=optax.sgd,
+                        server_update=optimizer_step(optax.sgd),
                         participation=uniform(8, 4), byzantine_ids=(0, 1, 2, 3),
                         redraw_share=share)
     cohort = jax.jit(round_.cohort)

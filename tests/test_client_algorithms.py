@@ -22,7 +22,7 @@ from fedround.data import FederatedData, uniform
 from fedround.registry import ConfigError
 from fedround.rounds import (make_mesh, make_round, make_rounds, place,
                              replicate)
-from fedround.server import init_server_state
+from fedround.server import init_server_state, optimizer_step
 
 DIM = 3
 
@@ -69,12 +69,13 @@ def build(algorithm, data, *, cohort=None, local_steps=5,
   num_clients = data.num_clients
   aggregator = build_aggregator('weighted_mean')
   round_ = make_round(client=client, aggregator=aggregator,
-                      server_optimizer=optax.sgd, mesh=mesh,
+                      server_update=optimizer_step(optax.sgd), mesh=mesh,
                       participation=uniform(num_clients,
                                             cohort or num_clients))
   params = model.init(jax.random.PRNGKey(0), data.x[0, :1])
   state = init_server_state(
-      params, server_optimizer=optax.sgd, aggregator=aggregator,
+      params, server_update=optimizer_step(optax.sgd),
+      aggregator=aggregator,
       key=jax.random.PRNGKey(1), client_learning_rate=learning_rate,
       server_learning_rate=1.0, shared=algorithm.init_shared(params))
   store = init_store(algorithm, params, num_clients, optax.sgd)

@@ -14,6 +14,7 @@ from conftest import assert_trees_close
 from fedround.aggregators import fedau as fedau_lib
 from fedround.data.participation import Participation, uniform
 from fedround.rounds import make_mesh
+from fedround.aggregators.base import RoundContext
 
 N = 3  # clients in the hand-written federation
 SLOTS = 4  # cohort buffer
@@ -68,7 +69,8 @@ def cohort(present, slots=SLOTS, garbage=np.nan):
 @functools.cache
 def jitted(rule):
   return jax.jit(lambda u, s, w, ids: rule.update(
-      u, s, weights=w, key=None, client_ids=ids, round=0))
+      u, s, weights=w, key=None,
+      context=RoundContext(client_ids=ids, round=0)))
 
 
 def run(rule, sequence=SEQUENCE, step=None):
@@ -146,7 +148,7 @@ def test_fedau_matches_the_official_loop(cutoff):
   rule = fedau_lib.fedau(cutoff, population=clients)
   step = jax.jit(lambda s, ids: rule.update(
       {'u': jnp.ones((slots, 1))}, s, weights=(ids >= 0).astype(jnp.float32),
-      key=None, client_ids=ids))
+      key=None, context=RoundContext(client_ids=ids)))
   state = rule.init({'u': jnp.zeros(1)})
   reference = official_weights(participation, cutoff or 10**9)
   for t, row in enumerate(participation):
@@ -163,7 +165,8 @@ def test_baselines_by_hand():
   # excluded (weight 0, NaN row). Deltas: 3 e_2 and 1 e_0.
   updates, weights, ids = cohort([(2, 5.0), (0, 1.0), (1, 0.0)],
                                  slots=4)
-  args = dict(weights=weights, key=None, client_ids=ids)
+  args = dict(weights=weights, key=None,
+              context=RoundContext(client_ids=ids))
 
   def apply(rule):
     state = rule.init({'u': jnp.zeros(N)})
@@ -209,8 +212,8 @@ def test_nobody_present():
 
 def test_jit_equals_eager():
   rule = fedau_lib.fedau(2, population=N)
-  eager = lambda u, s, w, ids: rule.update(u, s, weights=w, key=None,
-                                          client_ids=ids)
+  eager = lambda u, s, w, ids: rule.update(
+      u, s, weights=w, key=None, context=RoundContext(client_ids=ids))
   assert_trees_close(run(rule, step=eager), run(rule))
 
 
@@ -227,7 +230,7 @@ def test_client_sharded_stack_matches_unsharded():
   for rule in rules:
     state = rule.init({'w': jnp.zeros((3, 2))})
     step = jax.jit(lambda u, s, w, ids, rule=rule: rule.update(
-        u, s, weights=w, key=None, client_ids=ids))
+        u, s, weights=w, key=None, context=RoundContext(client_ids=ids)))
     for t in range(4):
       updates = {'w': rng.normal(size=(slots, 3, 2)).astype(np.float32)}
       ids = rng.choice(population, slots, replace=False).astype(np.int32)
@@ -265,7 +268,7 @@ def test_slots_that_are_not_the_cohort_are_refused():
   with pytest.raises(ValueError, match='client_ids'):
     rule.update({'u': jnp.zeros((2, N))}, rule.init(None),
                 weights=jnp.ones(2), key=None,
-                client_ids=jnp.zeros(4, jnp.int32))
+                context=RoundContext(client_ids=jnp.zeros(4, jnp.int32)))
 
 
 def test_state_can_be_donated():

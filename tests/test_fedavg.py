@@ -13,7 +13,7 @@ from fedround.client import make_client
 from fedround.data import uniform
 from fedround.models import MODELS
 from fedround.rounds import make_round
-from fedround.server import init_server_state
+from fedround.server import init_server_state, optimizer_step
 
 
 def numpy_fedavg(w, b, data, lr, epochs, rounds):
@@ -44,10 +44,10 @@ def test_fedavg_equals_numpy(tiny_federation):
                        max_examples=data.max_examples, local_epochs=3)
   aggregator = build_aggregator('weighted_mean')
   round_ = make_round(client=client, aggregator=aggregator,
-                      server_optimizer=optax.sgd,
+                      server_update=optimizer_step(optax.sgd),
                       participation=uniform(4, 4))
   params = model.init(jax.random.PRNGKey(1), data.x[0, :1])
-  state = init_server_state(params, server_optimizer=optax.sgd,
+  state = init_server_state(params, server_update=optimizer_step(optax.sgd),
                             aggregator=aggregator, key=jax.random.PRNGKey(2),
                             client_learning_rate=0.5,
                             server_learning_rate=1.0)

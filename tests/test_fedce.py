@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from conftest import assert_trees_close
 from fedround.aggregators import fedce as fedce_lib
 from fedround.rounds import make_mesh
+from fedround.aggregators.base import RoundContext
 
 DIM, CLASSES, VAL = 3, 3, 6
 
@@ -28,7 +29,8 @@ def run(rule, updates, state, params, weights, client_ids, jit=True):
 
 def _call(rule, updates, state, params, weights, client_ids):
   return rule.update(updates, state, params, weights=weights, key=None,
-                     client_ids=client_ids, round=jnp.int32(0))
+                     context=RoundContext(client_ids=client_ids,
+                                          round=jnp.int32(0)))
 
 
 @functools.cache
@@ -324,7 +326,7 @@ def test_state_is_a_fixed_carry_for_scanned_rounds():
     updates, client_ids = inputs
     aggregate, state = rule.update(
         updates, state, params, weights=jnp.ones(4), key=None,
-        client_ids=client_ids)
+        context=RoundContext(client_ids=client_ids))
     return state, aggregate
 
   state, _ = jax.lax.scan(round_, rule.init(params), (stacked, ids))

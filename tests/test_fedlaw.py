@@ -13,6 +13,7 @@ from conftest import assert_trees_close
 from fedround.aggregators import fedlaw as fedlaw_lib
 from fedround.aggregators import weighted
 from fedround.rounds import make_mesh
+from fedround.aggregators.base import RoundContext
 
 DIM, CLASSES = 3, 4
 
@@ -51,7 +52,8 @@ def run(rule, params, updates, weights, client_ids=None, key=None, jit=True):
 
 def _call(rule, updates, weights, client_ids, params, key):
   return rule.update(updates, rule.init(params), params, weights=weights,
-                     key=key, client_ids=client_ids, round=jnp.int32(0))
+                     key=key, context=RoundContext(client_ids=client_ids,
+                                                   round=jnp.int32(0)))
 
 
 @functools.cache
@@ -184,7 +186,7 @@ def test_minibatches_and_default_epochs():
   with pytest.raises(ValueError, match='needs a key'):
     minibatched.update(
         updates, None, params, weights=jnp.asarray(sizes), key=None,
-        client_ids=jnp.arange(4))
+        context=RoundContext(client_ids=jnp.arange(4)))
 
 
 def test_nobody_usable_keeps_the_model():
@@ -251,7 +253,7 @@ def test_state_is_a_fixed_carry_for_scanned_rounds():
 
   def round_(state, key):
     return rule.update(updates, state, params, weights=jnp.ones(4), key=key,
-                       client_ids=jnp.arange(4))[1], None
+                       context=RoundContext(client_ids=jnp.arange(4)))[1], None
 
   state, _ = jax.lax.scan(round_, rule.init(params),
                           jax.random.split(jax.random.key(0), 2))

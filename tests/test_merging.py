@@ -15,6 +15,8 @@ from fedround.aggregators import merging
 from fedround.fisher import diagonal_fisher
 from fedround.losses import margin_loss
 from fedround.rounds import make_mesh
+from fedround.aggregators.base import RoundContext
+from fedround.client import ClientOutput
 
 NUM_CLIENTS = 16
 RULES = ['fisher_merging', 'variance_corrected', 'fedld']
@@ -41,7 +43,8 @@ def aggregate(rule, updates, weights=None, params=None, **extra):
 @functools.cache
 def _jitted(rule):
   return jax.jit(lambda u, w, p, extra: rule.update(
-      u, rule.init(p), p, weights=w, key=None, **extra)[0])
+      u, rule.init(p), p, weights=w, key=None,
+      context=RoundContext(**extra))[0])
 
 
 def extras(name, updates, seed=1, round=3):
@@ -132,7 +135,7 @@ def test_fisher_merging_matches_numpy():
 
 
 def test_fisher_merging_declares_what_it_needs():
-  assert build('fisher_merging').needs == ('fisher',)
+  assert build('fisher_merging').reads.outputs == {ClientOutput.FISHER}
 
 
 # Variance-corrected averaging.
@@ -376,7 +379,7 @@ def test_eager_and_vmapped_agree_with_jitted(name):
                        *stacks)
   batch_extra = jax.tree.map(lambda *e: jnp.asarray(np.stack(e)), *extra)
   batched = jax.vmap(lambda u, w, e: rule.update(
-      u, (), params, weights=w, key=None, **e)[0])(
+      u, (), params, weights=w, key=None, context=RoundContext(**e))[0])(
           batch, jnp.asarray(weights), batch_extra)
   for i, updates in enumerate(stacks):
     assert_trees_close(jax.tree.map(lambda b: b[i], batched),

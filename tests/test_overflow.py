@@ -11,6 +11,9 @@ import pytest
 
 from fedround.aggregators import AGGREGATORS, build_aggregator
 from fedround.data import uniform
+from fedround.aggregators.base import RoundContext
+from fedround.client import ClientOutput
+from fedround.messages import Payload
 
 CLIENTS, F = 12, 2
 HONEST = CLIENTS - F
@@ -89,12 +92,13 @@ def _jitted(spec):
 
   def aggregate(updates, weights):
     params = jax.tree.map(lambda u: jnp.zeros(u.shape[1:], u.dtype), updates)
-    extras = {'fisher': jax.tree.map(jnp.ones_like, updates)
-              } if 'fisher' in rule.needs else {}
+    fisher = (jax.tree.map(jnp.ones_like, updates)
+              if ClientOutput.FISHER in rule.reads.outputs else None)
     return rule.update(updates, rule.init(params), params, weights=weights,
                        key=jax.random.PRNGKey(0),
-                       client_ids=jnp.arange(CLIENTS), round=jnp.int32(1),
-                       **extras)[0]
+                       context=RoundContext(client_ids=jnp.arange(CLIENTS),
+                                            round=jnp.int32(1),
+                                            fisher=fisher))[0]
   return jax.jit(aggregate)
 
 
@@ -137,7 +141,7 @@ def test_every_registered_rule_is_covered():
   for name in NOT_REAL_VALUED:
     rule = build_aggregator(name, 'aggregator', num_clients=CLIENTS,
                             **_context())
-    assert 'identity' not in rule.messages, name
+    assert Payload.REAL not in rule.reads.payloads, name
 
 
 def test_every_robust_rule_and_pre_aggregator_is_covered():

@@ -13,7 +13,7 @@ from fedround.client import make_client
 from fedround.data import FederatedData, uniform
 from fedround.models import MODELS
 from fedround.rounds import make_round, make_rounds
-from fedround.server import init_server_state
+from fedround.server import init_server_state, optimizer_step
 
 
 def _run_rounds(config, rounds):
@@ -109,10 +109,10 @@ def test_nonfinite_client_updates_are_excluded_and_counted(tiny_federation):
     client = make_client(model.apply, optax.sgd, batch_size=8,
                          max_examples=d.max_examples, local_epochs=1)
     round_ = make_round(client=client, aggregator=aggregator,
-                        server_optimizer=optax.sgd,
+                        server_update=optimizer_step(optax.sgd),
                         participation=uniform(d.num_clients, d.num_clients))
     params = model.init(jax.random.PRNGKey(0), d.x[0, :1])
-    state = init_server_state(params, server_optimizer=optax.sgd,
+    state = init_server_state(params, server_update=optimizer_step(optax.sgd),
                               aggregator=aggregator,
                               key=jax.random.PRNGKey(0),
                               client_learning_rate=0.3,

@@ -14,7 +14,13 @@ from conftest import assert_trees_close
 from fedround import train
 from fedround.optimizers import OPTIMIZERS, build_optimizer, build_schedule
 from fedround.registry import ConfigError
-from fedround.server import server_step
+from fedround.server import optimizer_step
+
+
+def server_step(optimizer, params, opt_state, aggregate):
+  """The round's server stage with ``optimizer`` (an optax transformation)."""
+  return optimizer_step(lambda learning_rate: optimizer).update(
+      aggregate, opt_state, params, None)[:2]
 
 FIELD = 'config.server.optimizer'
 START = np.array([1.0, -2.0])

@@ -1,18 +1,24 @@
 """Simulated Byzantine clients (ALGORITHMS.md section 3), inside the round.
 
-An attack's ``apply(updates, *, byzantine, honest, key, aggregate)`` returns
-the stack with the Byzantine rows replaced. It sees the round's honest
-updates (an omniscient adversary): ``honest`` marks the present, non-Byzantine
-clients with finite updates. ``aggregate(stack) -> aggregate`` runs the
-configured chain (pre-aggregators and rule) as the server will, so optimal
-attacks can search against it. Label flipping is data poisoning instead:
-Byzantine clients train honestly on flipped labels.
+An attack has two hooks, one on each place an adversary can act:
 
-Attacks forge messages (fedround.messages); ``Attack.messages`` names the
-kinds each can forge. Real-valued attacks (IPM, ALIE, their optimal
-versions, Gaussian, inf, NaN) need 'identity'; sign flipping also forges
-'signs' (the round signs what it sends: the negated majority); mimic,
-label flipping and no attack work on any kind; reversed rankings on 'ranks'.
+- ``poison(data, byzantine, num_classes) -> data``: the training data
+  before local training (``data`` a client.ClientData, ``byzantine``
+  bool[N]); label flipping poisons here, then Byzantine clients train
+  honestly on what it left them. Most attacks leave the data alone.
+- ``forge(messages, *, byzantine, honest, key, aggregate) -> messages``:
+  the stack the cohort sends, with the Byzantine rows replaced. It sees the
+  round's honest messages (an omniscient adversary): ``honest`` marks the
+  present, non-Byzantine clients with finite updates. ``aggregate(stack)
+  -> aggregate`` runs the configured chain (pre-aggregators and rule) as
+  the server will, so optimal attacks can search against it.
+
+Attacks forge messages (fedround.messages); ``Attack.forges`` is the set of
+payloads each can forge. Real-valued attacks (IPM, ALIE, their optimal
+versions, Gaussian, inf, NaN) need real numbers ('identity'); sign flipping
+also forges signs (the round signs what it sends: the negated majority);
+mimic, label flipping and no attack work on any payload; reversed rankings
+on rankings ('ranks').
 
 Which clients are Byzantine: ``config.attack.fraction`` of the N clients
 (floor), drawn from the run's seed, or the explicit ``config.attack.ids``.
@@ -26,16 +32,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedround.aggregators import stack
-from fedround.messages import MESSAGES, REAL_VALUED, positions
+from fedround.messages import REAL_VALUED, Payload, positions
 from fedround.registry import Registry
 
-ANY_MESSAGE = tuple(MESSAGES.names())
+ANY_PAYLOAD = frozenset(Payload)
+
+
+def _clean(data, byzantine, num_classes):
+  del byzantine, num_classes
+  return data
+
+
+def _unforged(updates, **_):
+  return updates
 
 
 class Attack(NamedTuple):
-  apply: Callable  # (updates, *, byzantine, honest, key, aggregate) -> updates
-  flips_labels: bool = False
-  messages: tuple[str, ...] = ('identity',)  # the kinds it can forge
+  forge: Callable  # (updates, *, byzantine, honest, key, aggregate) -> updates
+  poison: Callable = _clean  # (data, byzantine, num_classes) -> data
+  forges: frozenset[Payload] = frozenset({Payload.REAL})
 
 
 def _replace(updates, byzantine, attack_vector):
@@ -69,7 +84,7 @@ def _from_vector(vector_fn):
 
 
 def no_attack() -> Attack:
-  return Attack(lambda updates, **_: updates, messages=ANY_MESSAGE)
+  return Attack(_unforged, forges=ANY_PAYLOAD)
 
 
 def ipm(tau: float = 2.0) -> Attack:
@@ -82,7 +97,7 @@ def ipm(tau: float = 2.0) -> Attack:
 def sign_flip() -> Attack:
   """Sign flipping (Allen-Zhu et al., ICLR 2021; ByzFL): -mean(honest);
   on 'signs' messages that is sent as the negated majority sign."""
-  return ipm(tau=1.0)._replace(messages=REAL_VALUED)
+  return ipm(tau=1.0)._replace(forges=REAL_VALUED)
 
 
 def _alie_vector(updates, honest, tau):
@@ -174,14 +189,17 @@ def mimic(target: int = 0) -> Attack:
     pick = jnp.argmax(honest & (order == jnp.minimum(
         target, jnp.sum(honest) - 1)))
     return jax.tree.map(lambda u: u[pick], updates)
-  return _from_vector(copy)._replace(messages=ANY_MESSAGE)
+  return _from_vector(copy)._replace(forges=ANY_PAYLOAD)
 
 
 def label_flip() -> Attack:
   """Data poisoning (Tolpegin et al., ESORICS 2020): Byzantine clients train
   on labels y -> (L - 1) - y and send that update unchanged."""
-  return Attack(lambda updates, **_: updates, flips_labels=True,
-                messages=ANY_MESSAGE)
+  def poison(data, byzantine, num_classes):
+    return data._replace(y=jnp.where(byzantine[:, None],
+                                     num_classes - 1 - data.y, data.y))
+
+  return Attack(_unforged, poison, forges=ANY_PAYLOAD)
 
 
 def reverse_ranking(collude: bool = False) -> Attack:
@@ -208,7 +226,7 @@ def reverse_ranking(collude: bool = False) -> Attack:
     del honest, key, aggregate
     return jax.tree.map(lambda u: reverse(u, byzantine), updates)
 
-  return Attack(apply, messages=('ranks',))
+  return Attack(apply, forges=frozenset({Payload.RANK}))
 
 
 ATTACKS = Registry('attack')

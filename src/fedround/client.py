@@ -14,6 +14,7 @@ share one compiled round and can be vmapped as replicas.
 """
 from __future__ import annotations
 
+import enum
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -61,9 +62,15 @@ class ClientResult(NamedTuple):
   own: Any                 # the client's row of state after training
 
 
-# What a client can send besides its delta, computed at its trained model
-# over all its examples: name -> (apply_fn, params, x, valid) -> pytree.
-CLIENT_OUTPUTS = {'fisher': diagonal_fisher}
+class ClientOutput(enum.Enum):
+  """What a client can send besides its message; the round passes each to
+  the rule as the RoundContext field of its value, stacked [C, ...]."""
+  FISHER = 'fisher'  # the diagonal Fisher information of p(y|x)
+
+
+# Each output computed at the client's trained model over all its examples:
+# (apply_fn, params, x, valid) -> pytree.
+CLIENT_OUTPUTS = {ClientOutput.FISHER: diagonal_fisher}
 
 
 class Client(NamedTuple):
@@ -83,7 +90,7 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
                                                optax.GradientTransformation], *,
                 batch_size: int, max_examples: int, local_steps: int = 0,
                 local_epochs: int = 0, objective=cross_entropy,
-                outputs: tuple[str, ...] = (),
+                outputs: frozenset[ClientOutput] = frozenset(),
                 algorithm: ClientAlgorithm | None = None,
                 local_schedule=None) -> Client:
   """``objective(logits, labels, valid) -> scalar`` is the local loss;
@@ -104,10 +111,6 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
         'config.client: set exactly one of local_steps (K > 0) or '
         f'local_epochs (E > 0); got local_steps={local_steps}, '
         f'local_epochs={local_epochs}')
-  unknown = [name for name in outputs if name not in CLIENT_OUTPUTS]
-  if unknown:
-    raise ConfigError(f'config.aggregator needs clients to send {unknown}; '
-                      f'clients can send: {", ".join(CLIENT_OUTPUTS)}')
   batches_per_epoch = math.ceil(max_examples / batch_size)
   num_steps = local_steps or local_epochs * batches_per_epoch
 
@@ -198,9 +201,9 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
         steps=steps,
         scaled_steps=jnp.sum(local_schedule(jnp.arange(length), length))
         * (1 if local_steps else per_epoch),
-        extras={name: CLIENT_OUTPUTS[name](apply_fn, local,
-                                           data.x[client.id], mine)
-                for name in outputs},
+        extras={output.value: CLIENT_OUTPUTS[output](
+            apply_fn, local, data.x[client.id], mine)
+                for output in sorted(outputs, key=lambda o: o.value)},
         own=algorithm.finish(own, trace))
 
   return Client(batches, step, update, optimizer, num_steps, algorithm)

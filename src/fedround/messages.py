@@ -1,9 +1,11 @@
 """What each client sends up: its round's result encoded as a message.
 
 ``encode(deltas, params)`` maps the stack of client deltas (leaves
-[C, ...]) to the message stack the attack then forges and the aggregator
-reads; ``bits(params)`` is one client's uplink in bits; ``project`` maps a
-forged stack back onto what the wire can carry.
+[C, ...]) to the message stack the attack then forges; ``decode`` maps what
+the server receives to what the aggregator reads (the identity for the
+kinds below: each is read as sent), which holds ``carries`` (a Payload);
+``bits(params)`` is one client's uplink in bits; ``project`` maps a forged
+stack back onto what the wire can carry.
 
 - identity: the float32 delta, 32 bits per coordinate (FedAvg).
 - signs: the sign of each delta coordinate, 1 bit per coordinate (signSGD
@@ -21,6 +23,7 @@ forged stack back onto what the wire can carry.
 """
 from __future__ import annotations
 
+import enum
 import math
 from typing import Callable, NamedTuple
 
@@ -30,14 +33,35 @@ import jax.numpy as jnp
 from fedround.registry import Registry
 
 FLOAT32_BITS = 32
-REAL_VALUED = ('identity', 'signs')  # stacks of real numbers per coordinate
+
+
+class Payload(enum.Enum):
+  """What a message stack holds per coordinate."""
+  REAL = 'real'  # a real number (the float32 delta)
+  SIGN = 'sign'  # its sign, -1, 0 or 1
+  RANK = 'rank'  # the edge's position in its layer's ranking
+
+
+REAL_VALUED = frozenset({Payload.REAL, Payload.SIGN})
+
+
+def _sent(stack):
+  return stack
 
 
 class Message(NamedTuple):
+  """``encode`` on the client side, ``decode`` on the server's: what the
+  aggregator reads is ``decode(encode(deltas))``, which carries
+  ``carries``."""
   kind: str          # its name in MESSAGES
+  carries: Payload
   encode: Callable   # (deltas [C, ...], params) -> message stack [C, ...]
   bits: Callable     # params -> one client's uplink bits (a Python int)
-  project: Callable = lambda stack: stack  # forged stack -> a sendable one
+  project: Callable = _sent  # forged stack -> a sendable one
+  decode: Callable = _sent   # received stack -> what the rule reads
+  # (params, model) -> why ``model`` (its name, for the message) with these
+  # params cannot send it, in one line, or None.
+  check: Callable = lambda params, model: None
 
 
 def float32_bits(params) -> int:
@@ -46,12 +70,14 @@ def float32_bits(params) -> int:
 
 
 def identity() -> Message:
-  return Message('identity', lambda deltas, params: deltas, float32_bits)
+  return Message('identity', Payload.REAL, lambda deltas, params: deltas,
+                 float32_bits)
 
 
 def signs() -> Message:
   return Message(
-      'signs', lambda deltas, params: jax.tree.map(jnp.sign, deltas),
+      'signs', Payload.SIGN,
+      lambda deltas, params: jax.tree.map(jnp.sign, deltas),
       lambda params: sum(leaf.size for leaf in jax.tree.leaves(params)),
       lambda stack: jax.tree.map(jnp.sign, stack))
 
@@ -75,7 +101,14 @@ def ranks() -> Message:
   def encode(deltas, params):
     return jax.tree.map(
         lambda d, p: jax.vmap(positions)(p[None] + d), deltas, params)
-  return Message('ranks', encode, rank_bits)
+  def check(params, model):
+    others = [jax.tree_util.keystr(path) for path, _ in
+              jax.tree_util.tree_flatten_with_path(params)[0]
+              if getattr(path[-1], 'key', None) != 'scores']
+    return (f'ranks supermask scores, but {model} has {others[0]}'
+            if others else None)
+
+  return Message('ranks', Payload.RANK, encode, rank_bits, check=check)
 
 
 MESSAGES = Registry('message')

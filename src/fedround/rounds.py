@@ -12,7 +12,7 @@ model is not finite).
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedround.aggregators import Aggregator
+from fedround.aggregators.base import RoundContext
 from fedround.aggregators.stack import zero_absent
 from fedround.attacks import Attack, byzantine_mask, no_attack
 from fedround.client import Broadcast, Client, ClientData, ClientInput
@@ -27,7 +28,7 @@ from fedround.data import FederatedData, Participation
 from fedround.messages import Message, float32_bits, identity
 from fedround.models import negative_log_likelihood
 from fedround.optimizers import constant_schedule
-from fedround.server import ServerState, server_step
+from fedround.server import ServerState, ServerUpdate
 
 CLIENTS = 'clients'
 BYZANTINE_STREAM = 0x42595a  # folded into the run's key: who is Byzantine
@@ -131,46 +132,102 @@ def _update_shared(algorithm, shared, usable, own_before, results,
                       new, shared)
 
 
-def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
-               participation: Participation, mesh: Mesh | None = None,
-               attack: Attack | None = None, byzantine_fraction: float = 0.0,
+class Cohort(NamedTuple):
+  """The round's cohort buffer: participants first, padded with absent
+  slots to a multiple of the device count."""
+  ids: jax.Array            # int32[B], a valid id in every slot
+  present: jax.Array        # bool[B]
+  keys: jax.Array           # [B] keys: a client's depends on round and id
+  rule_key: jax.Array       # the aggregator's key (the attack folds in 1)
+  participation: Any        # the participation model's next state
+  redraws: jax.Array        # int32: cohorts drawn again (redraw_byzantine)
+
+
+def sample_cohort(participation: Participation, buffer: int) -> Callable:
+  """Stage ``(state, is_byzantine) -> Cohort``: the participation model's
+  draw for round ``state.round``, padded to ``buffer`` slots."""
+
+  def sample(state: ServerState, is_byzantine, attempt=None) -> Cohort:
+    """``attempt`` (a redraw's number) is folded into the draw's key."""
+    del is_byzantine
+    key = jax.random.fold_in(state.key, state.round)
+    k_sample, k_clients, k_aggregate = jax.random.split(key, 3)
+    if attempt is not None:
+      k_sample = jax.random.fold_in(k_sample, attempt)
+    ids, present, participation_state = participation.sample(
+        k_sample, state.participation, state.round)
+    pad = buffer - participation.cohort_size
+    ids = jnp.concatenate([ids, jnp.zeros(pad, jnp.int32)])
+    present = jnp.concatenate([present, jnp.zeros(pad, bool)])
+    keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
+    return Cohort(ids, present, keys, k_aggregate, participation_state,
+                  jnp.int32(0))
+
+  return sample
+
+
+def redraw_byzantine(sample: Callable, share: float) -> Callable:
+  """Stage ``sample`` drawn again (with its key folded with the attempt)
+  while the cohort's Byzantine clients number at least ``share`` x its
+  present clients, up to MAX_REDRAWS times (FRL's code redraws at 1/2,
+  under uniform participation; a deterministic participation model draws
+  the same cohort again)."""
+
+  def redrawn(state: ServerState, is_byzantine) -> Cohort:
+    def too_many(cohort):
+      count = jnp.sum(cohort.present & is_byzantine[cohort.ids])
+      return (count > 0) & (count >= share * jnp.sum(cohort.present)) & (
+          cohort.redraws < MAX_REDRAWS)
+
+    def again(cohort):
+      attempt = cohort.redraws + 1
+      return sample(state, is_byzantine, attempt)._replace(redraws=attempt)
+
+    return jax.lax.while_loop(too_many, again, sample(state, is_byzantine))
+
+  return redrawn
+
+
+def make_round(*, client: Client, aggregator: Aggregator,
+               server_update: ServerUpdate, participation: Participation,
+               mesh: Mesh | None = None, attack: Attack | None = None,
+               byzantine_fraction: float = 0.0,
                byzantine_ids: tuple[int, ...] = (),
                client_schedule=None, server_schedule=None,
                message: Message | None = None,
                redraw_share: float = 0.0) -> Round:
-  """``server_optimizer`` is a factory learning_rate -> optax transformation;
-  both learning rates come from ``state.hparams``, each times its schedule
-  (round -> multiplier, optimizers.build_schedule; default constant) of
-  the rounds completed. The Byzantine clients
+  """Both learning rates come from ``state.hparams``, each times its
+  schedule (round -> multiplier, optimizers.build_schedule; default
+  constant) of the rounds completed. The Byzantine clients
   (``byzantine_ids``, or a ``byzantine_fraction`` of the federation drawn
-  from the run's key) replace their messages by ``attack``'s; with
-  ``redraw_share`` > 0 a cohort whose Byzantine clients number at least
-  redraw_share x its present clients is drawn again, up to MAX_REDRAWS
-  times (FRL's code redraws at 1/2, under uniform participation; a
-  deterministic participation model draws the same cohort again). Clients
-  send ``message`` (default identity: their float32 deltas)."""
+  from the run's key) poison their data and forge their messages with
+  ``attack``; with ``redraw_share`` > 0 the cohort is drawn by
+  ``redraw_byzantine``. Clients send ``message`` (default identity: their
+  float32 deltas); ``server_update`` turns the aggregate into the model."""
   attack = attack or no_attack()
   message = message or identity()
   client_schedule = client_schedule or constant_schedule()
   server_schedule = server_schedule or constant_schedule()
   attacked = bool(byzantine_ids) or byzantine_fraction > 0
   num_devices = 1 if mesh is None else mesh.size
-  cohort = participation.cohort_size
-  buffer = math.ceil(cohort / num_devices) * num_devices
+  buffer = math.ceil(participation.cohort_size / num_devices) * num_devices
+  sample = sample_cohort(participation, buffer)
+  if redraw_share:
+    sample = redraw_byzantine(sample, redraw_share)
   # Every client reads the (replicated) federation arrays and gathers its
   # own rows, so each device gathers only the rows of its own clients.
   vmapped = jax.vmap(client.update, in_axes=(None, 0))
   if mesh is None:
-    train_clients = vmapped
+    train_cohort = vmapped
   else:
     def per_device(broadcast: Broadcast, inputs: ClientInput):
       # Replicated params would make grads implicitly psum'ed across devices.
       params, shared = jax.lax.pcast((broadcast.params, broadcast.shared),
                                      CLIENTS, to='varying')
       return vmapped(broadcast._replace(params=params, shared=shared), inputs)
-    train_clients = jax.shard_map(per_device, mesh=mesh,
-                                  in_specs=(P(), P(CLIENTS)),
-                                  out_specs=P(CLIENTS))
+    train_cohort = jax.shard_map(per_device, mesh=mesh,
+                                 in_specs=(P(), P(CLIENTS)),
+                                 out_specs=P(CLIENTS))
   algorithm = client.algorithm
   traces = []
 
@@ -179,118 +236,91 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         jax.random.fold_in(state.key, BYZANTINE_STREAM), population,
         byzantine_fraction, byzantine_ids)
 
-  def sample_cohort(state: ServerState):
-    """The round's cohort buffer: ids, presence mask, per-client keys (a
-    client's key depends on the round and its id only), the rule's key,
-    the participation model's next state and the redraws taken."""
-    key = jax.random.fold_in(state.key, state.round)
-    k_sample, k_clients, k_aggregate = jax.random.split(key, 3)
-    draw = lambda key: participation.sample(key, state.participation,
-                                            state.round)
-    ids, present, participation_state = draw(k_sample)
-    redraws = jnp.int32(0)
-    if redraw_share:
-      is_byzantine = byzantine_clients(state,
-                                       len(participation.probabilities))
+  def aggregate_stage(messages, usable, results, cohort, state, context):
+    """The rule on the usable clients' messages as the server decodes
+    them, weighted by example counts."""
+    weights = jnp.where(usable, results.num_examples, 0).astype(jnp.float32)
+    return aggregator.update(
+        zero_absent(message.decode(messages), usable), state.agg_state,
+        state.params, weights=weights, key=cohort.rule_key, context=context)
 
-      def too_many(carry):
-        attempt, ids, present, _ = carry
-        count = jnp.sum(present & is_byzantine[ids])
-        return (count > 0) & (count >= redraw_share * jnp.sum(present)) & (
-            attempt < MAX_REDRAWS)
+  def forge_stage(messages, finite, byzantine, results, cohort, state,
+                  context):
+    """The Byzantine clients' messages replaced by the attack's; the
+    forged ones are screened again."""
+    if not attacked:
+      return messages, finite
+    honest = cohort.present & ~byzantine & finite
 
-      def again(carry):
-        attempt = carry[0] + 1
-        return (attempt, *draw(jax.random.fold_in(k_sample, attempt)))
+    def probe(stack):  # the server's view, for attacks that search
+      usable = (honest | byzantine) & _tree_all_finite(stack)
+      return aggregate_stage(stack, usable, results, cohort, state,
+                             context)[0]
 
-      redraws, ids, present, participation_state = jax.lax.while_loop(
-          too_many, again, (redraws, ids, present, participation_state))
-    pad = buffer - cohort
-    ids = jnp.concatenate([ids, jnp.zeros(pad, jnp.int32)])
-    present = jnp.concatenate([present, jnp.zeros(pad, bool)])
-    keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
-    return ids, present, keys, k_aggregate, participation_state, redraws
+    messages = message.project(attack.forge(
+        zero_absent(messages, honest | byzantine), byzantine=byzantine,
+        honest=honest, key=jax.random.fold_in(cohort.rule_key, 1),
+        aggregate=probe))
+    return messages, jnp.where(byzantine, _tree_all_finite(messages), finite)
 
   def round_fn(state: ServerState, store, data: FederatedData, active=True):
     """One round; with ``active`` False (a traced bool) the per-client
     store is left as it was, so ``make_rounds`` can skip a round without
     copying the store."""
     traces.append(1)
-    (ids, present, keys, k_aggregate, participation_state,
-     redraws) = sample_cohort(state)
     is_byzantine = byzantine_clients(state, data.num_clients)
-    labels = data.y
-    if attack.flips_labels:
-      labels = jnp.where(is_byzantine[:, None], data.num_classes - 1 - labels,
-                         labels)
-    own_before = jax.tree.map(lambda x: x[ids], store)
+    cohort = sample(state, is_byzantine)
+    training_data = attack.poison(ClientData(data.x, data.y, data.n),
+                                  is_byzantine, data.num_classes)
     client_learning_rate = (state.hparams['client_learning_rate']
                             * client_schedule(state.round))
     server_learning_rate = (state.hparams['server_learning_rate']
                             * server_schedule(state.round))
-    results = train_clients(
+    own_before = jax.tree.map(lambda x: x[cohort.ids], store)
+    results = train_cohort(
         Broadcast(state.params, client_learning_rate, state.shared,
-                  ClientData(data.x, labels, data.n)),
-        ClientInput(ids, keys, own_before))
-    client_ids = jnp.where(present, ids, -1)
-    finite = _tree_all_finite((results.delta, results.extras, results.own))
+                  training_data),
+        ClientInput(cohort.ids, cohort.keys, own_before))
     messages = message.encode(results.delta, state.params)
+    finite = _tree_all_finite((results.delta, results.extras, results.own))
     # What every rule may read besides the stack (see aggregators.base).
-    context = dict(client_ids=client_ids, round=state.round,
-                   **zero_absent(results.extras, present & finite))
-    byzantine = present & is_byzantine[ids]
-    if attacked:
-      honest = present & ~byzantine & finite
-
-      def probe(stack):  # the server's view, for attacks that search
-        usable = (honest | byzantine) & _tree_all_finite(stack)
-        weights = jnp.where(usable, results.num_examples, 0)
-        return aggregator.update(
-            zero_absent(stack, usable), state.agg_state, state.params,
-            weights=weights.astype(jnp.float32), key=k_aggregate,
-            **context)[0]
-
-      messages = message.project(attack.apply(
-          zero_absent(messages, honest | byzantine), byzantine=byzantine,
-          honest=honest, key=jax.random.fold_in(k_aggregate, 1),
-          aggregate=probe))
-      finite = jnp.where(byzantine, _tree_all_finite(messages), finite)
-    usable = present & finite
-    messages = zero_absent(messages, usable)
-    weights = jnp.where(usable, results.num_examples, 0).astype(jnp.float32)
-    aggregate, agg_state = aggregator.update(
-        messages, state.agg_state, state.params, weights=weights,
-        key=k_aggregate, **context)
-    if aggregator.sets_params:  # the aggregate is the new model (FRL)
-      params, opt_state = aggregate, state.opt_state
-      aggregate = jax.tree.map(jnp.subtract, params, state.params)
-    else:
-      params, opt_state = server_step(
-          server_optimizer(server_learning_rate), state.params,
-          state.opt_state, aggregate)
-    # A non-finite aggregate or model is refused: the server keeps its
-    # model, optimizer and rule state, and the clients their store.
-    accepted = all_finite((aggregate, params))
+    context = RoundContext(
+        client_ids=jnp.where(cohort.present, cohort.ids, -1),
+        round=state.round,
+        **zero_absent(results.extras, cohort.present & finite))
+    byzantine = cohort.present & is_byzantine[cohort.ids]
+    messages, finite = forge_stage(messages, finite, byzantine, results,
+                                   cohort, state, context)
+    usable = cohort.present & finite
+    aggregate, agg_state = aggregate_stage(messages, usable, results, cohort,
+                                           state, context)
+    params, opt_state, step = server_update.update(
+        aggregate, state.opt_state, state.params, server_learning_rate)
+    # A non-finite step or model is refused: the server keeps its model,
+    # optimizer and rule state, and the clients their store.
+    accepted = all_finite((step, params))
     params, opt_state, agg_state = jax.tree.map(
         lambda new, old: jnp.where(accepted, new, old),
         (params, opt_state, agg_state),
         (state.params, state.opt_state, state.agg_state))
     stored = usable & active & accepted
-    store = _update_store(store, ids, stored, results.own, data.num_clients)
+    store = _update_store(store, cohort.ids, stored, results.own,
+                          data.num_clients)
     sharding = store_sharding(mesh, data.num_clients)
     if sharding is not None:  # keep the store split as ``place`` put it
       store = jax.lax.with_sharding_constraint(store, sharding)
     shared = _update_shared(algorithm, state.shared, stored, own_before,
-                            results, aggregate, client_learning_rate,
+                            results, step, client_learning_rate,
                             data.num_clients)
     uplink_bits = message.bits(state.params)
     trained = usable & ~byzantine  # the honest clients' own training loss
+    present = cohort.present
     metrics = dict(
         # NaN in a round where nobody trained (a cyclic lull), not 0.
         train_loss=jnp.where(jnp.any(trained), jnp.sum(
             jnp.where(trained, results.loss, 0)) / jnp.maximum(
                 jnp.sum(trained), 1), jnp.nan),
-        update_norm=optax.tree.norm(aggregate),
+        update_norm=optax.tree.norm(step),
         participants=jnp.sum(present),
         client_learning_rate=client_learning_rate,
         server_learning_rate=server_learning_rate,
@@ -303,16 +333,20 @@ def make_round(*, client: Client, aggregator: Aggregator, server_optimizer,
         uplink_ratio_vs_float32=jnp.float32(
             uplink_bits / float32_bits(state.params)),
         **_rule_diagnostics(agg_state),
-        **(dict(cohort_redraws=redraws) if redraw_share else {}),
+        **(dict(cohort_redraws=cohort.redraws) if redraw_share else {}),
     )
     new_state = state.replace(round=state.round + 1, params=params,
                               opt_state=opt_state, agg_state=agg_state,
                               shared=shared,
-                              participation=participation_state)
+                              participation=cohort.participation)
     return new_state, store, metrics
 
-  return Round(round_fn, lambda state: sample_cohort(state)[:4], buffer,
-               traces)
+  def cohort_of(state: ServerState):
+    cohort = sample(state, byzantine_clients(
+        state, len(participation.probabilities)))
+    return cohort.ids, cohort.present, cohort.keys, cohort.rule_key
+
+  return Round(round_fn, cohort_of, buffer, traces)
 
 
 def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):

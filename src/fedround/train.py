@@ -25,8 +25,9 @@ from absl import logging
 
 from fedround import config as config_lib
 from fedround.aggregators import build_aggregator
+from fedround.aggregators.base import Aggregate
 from fedround.attacks import ATTACKS
-from fedround.client import Client, make_client
+from fedround.client import Client, ClientOutput, make_client
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_store
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
 from fedround.divergence import Watch
@@ -39,7 +40,8 @@ from fedround.messages import MESSAGES
 from fedround.rounds import (PARTICIPATION_STREAM, Round, make_evaluate,
                              make_evaluate_clients, make_mesh, make_round,
                              make_rounds, place, replicate)
-from fedround.server import TRACED_HPARAMS, ServerState, init_server_state
+from fedround.server import (TRACED_HPARAMS, ServerState, assign,
+                             init_server_state, optimizer_step)
 from fedround.workdir import Checkpoints, RunError, hold, restore_newest_good
 
 
@@ -50,7 +52,7 @@ class Experiment(NamedTuple):
   model: nn.Module
   client: Client
   round: Round
-  server_optimizer: Any  # factory learning_rate -> optax transformation
+  server_update: Any  # server.ServerUpdate
   aggregator: Any
   mesh: Any
   participation: Any
@@ -73,7 +75,7 @@ class Experiment(NamedTuple):
     return place(state, store, self.mesh, self.data.num_clients)
 
 
-def _make_initial_state(model, client, server_optimizer, aggregator,
+def _make_initial_state(model, client, server_update, aggregator,
                         participation, num_clients):
   """Round 0's (state, store) as one compiled function of the keys and
   learning rates (eagerly, a model's init compiles dozens of small
@@ -83,7 +85,7 @@ def _make_initial_state(model, client, server_optimizer, aggregator,
                     server_learning_rate):
     params = model.init(init_key, example_x)
     state = init_server_state(
-        params, server_optimizer=server_optimizer, aggregator=aggregator,
+        params, server_update=server_update, aggregator=aggregator,
         key=run_key, client_learning_rate=client_learning_rate,
         server_learning_rate=server_learning_rate,
         shared=client.algorithm.init_shared(params),
@@ -134,7 +136,7 @@ class _Parts(NamedTuple):
   model: nn.Module
   client: Client
   aggregator: Any
-  server_optimizer: Any
+  server_update: Any
   attack: Any
   client_schedule: Any
   server_schedule: Any
@@ -172,7 +174,7 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
       proxy=None if data.proxy_y is None else (data.proxy_x, data.proxy_y),
       validation=None if data.val_n is None else (data.val_x, data.val_y,
                                                   data.val_n))
-  if 'fisher' in aggregator.needs:
+  if ClientOutput.FISHER in aggregator.reads.outputs:
     _check_probabilistic(config, model, data)
   client = make_client(model.apply,
                        build_optimizer(config.client.optimizer,
@@ -183,15 +185,16 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
                        local_epochs=config.client.local_epochs,
                        objective=LOSSES.build(config.client.loss,
                                               'config.client.loss'),
-                       outputs=aggregator.needs,
+                       outputs=aggregator.reads.outputs,
                        local_schedule=LOCAL_SCHEDULES.build(
                            config.client.local_schedule,
                            'config.client.local_schedule'),
                        algorithm=CLIENT_ALGORITHMS.build(
                            config.client.algorithm,
                            'config.client.algorithm'))
-  server_optimizer = build_optimizer(config.server.optimizer,
-                                     'config.server.optimizer')
+  server_update = (assign() if aggregator.output is Aggregate.MODEL else
+                   optimizer_step(build_optimizer(
+                       config.server.optimizer, 'config.server.optimizer')))
   attack = ATTACKS.build(config.attack.name, 'config.attack.name')
   if any(i >= data.num_clients for i in config.attack.ids):
     raise ConfigError(f'config.attack.ids: {tuple(config.attack.ids)} names '
@@ -201,42 +204,42 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
                               f'config.{side}.schedule')
                for side in ('client', 'server')]
   message = MESSAGES.build(config.client.message, 'config.client.message')
-  _check_message(config, message.kind, aggregator, attack, model, data)
+  _check_message(config, message, aggregator, attack, model, data)
   return _Parts(data, participation, model, client, aggregator,
-                server_optimizer, attack, *schedules, message)
+                server_update, attack, *schedules, message)
 
 
-def _check_message(config, kind, aggregator, attack, model, data) -> None:
-  """The message kind must be one the rule reads and the attack forges;
-  rankings rank supermask scores; a rule that sets the model itself
-  leaves no step for a server optimizer."""
-  if kind not in aggregator.messages:
+def _check_message(config, message, aggregator, attack, model, data) -> None:
+  """The message's payload must be one the rule reads and the attack
+  forges, and the model one it can be sent from; a rule whose aggregate is
+  the model leaves no step for a server optimizer."""
+  kind = message.kind
+  if message.carries not in aggregator.reads.payloads:
+    readable = [name for name in MESSAGES.names() if MESSAGES.build(
+        name, 'config.client.message').carries in aggregator.reads.payloads]
     raise ConfigError(
         f'config.client.message {kind!r} cannot feed config.aggregator '
         f'{config.aggregator!r}, which reads: '
-        f'{", ".join(aggregator.messages) or "no kind all its parts share"}')
-  if kind not in attack.messages:
-    valid = [name for name in ATTACKS.names() if kind in ATTACKS.build(
-        name, 'config.attack.name').messages]
+        f'{", ".join(readable) or "no kind all its parts share"}')
+  if message.carries not in attack.forges:
+    valid = [name for name in ATTACKS.names() if message.carries in
+             ATTACKS.build(name, 'config.attack.name').forges]
     raise ConfigError(
         f'config.attack.name {config.attack.name!r} cannot forge {kind!r} '
         f'messages; attacks on {kind!r} messages: {", ".join(valid)}')
-  if kind == 'ranks':
-    x = jax.ShapeDtypeStruct((1,) + data.x.shape[2:], jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-    others = [jax.tree_util.keystr(path) for path, _ in
-              jax.tree_util.tree_flatten_with_path(params)[0]
-              if getattr(path[-1], 'key', None) != 'scores']
-    if others:
-      supermasks = [name for name in MODELS.names()
-                    if name.startswith('supermask')]
-      raise ConfigError(
-          f"config.client.message 'ranks' ranks supermask scores, but "
-          f'config.model {config.model!r} has {others[0]}; supermask '
-          f'models: {", ".join(supermasks)}')
+  x = jax.ShapeDtypeStruct((1,) + data.x.shape[2:], jnp.float32)
+  problem = message.check(
+      jax.eval_shape(model.init, jax.random.PRNGKey(0), x),
+      f'config.model {config.model!r}')
+  if problem:
+    supermasks = [name for name in MODELS.names()
+                  if name.startswith('supermask')]
+    raise ConfigError(f'config.client.message {kind!r} {problem}; supermask '
+                      f'models: {", ".join(supermasks)}')
   server = config.server
-  if aggregator.sets_params and (server.optimizer, server.learning_rate,
-                                 server.schedule) != ('sgd', 1, 'constant'):
+  if aggregator.output is Aggregate.MODEL and (
+      server.optimizer, server.learning_rate,
+      server.schedule) != ('sgd', 1, 'constant'):
     raise ConfigError(
         f'config.server: config.aggregator {config.aggregator!r} sets the '
         'global model itself, so no server optimizer runs; leave '
@@ -271,7 +274,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   parts = _parts(config)
   mesh = make_mesh() if config.shard else None
   round_ = make_round(client=parts.client, aggregator=parts.aggregator,
-                      server_optimizer=parts.server_optimizer,
+                      server_update=parts.server_update,
                       participation=parts.participation, mesh=mesh,
                       attack=parts.attack,
                       byzantine_fraction=config.attack.fraction,
@@ -281,10 +284,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       message=parts.message,
                       redraw_share=config.attack.redraw_share)
   initial_state = _make_initial_state(
-      parts.model, parts.client, parts.server_optimizer, parts.aggregator,
+      parts.model, parts.client, parts.server_update, parts.aggregator,
       parts.participation, parts.data.num_clients)
   return Experiment(config, replicate(parts.data, mesh), parts.model,
-                    parts.client, round_, parts.server_optimizer,
+                    parts.client, round_, parts.server_update,
                     parts.aggregator, mesh, parts.participation,
                     initial_state)
 

@@ -1,20 +1,24 @@
 """The Aggregator contract, shaped like an optax GradientTransformation.
 
-``update(updates, state, params=None, *, weights, key, **extra)``: ``updates``
-is a pytree whose leaves have a leading client axis [C, ...]; ``weights`` is
-float[C] (the example counts, 0 for a client that is absent: a padded slot or
-an excluded non-finite update). A rule returns ``(aggregate, state)`` with
-``aggregate`` shaped like one client's update.
+``update(updates, state, params=None, *, weights, key=None,
+context=RoundContext())``: ``updates`` is a pytree whose leaves have a
+leading client axis [C, ...]; ``weights`` is float[C] (the example counts, 0
+for a client that is absent: a padded slot or an excluded non-finite
+update); ``context`` is what else the round knows (client ids, the round,
+what clients sent besides their messages). A rule returns ``(aggregate,
+state)`` with ``aggregate`` shaped like one client's update.
 
 A pre-aggregator (clipping, NNM, bucketing) returns ``((updates', weights'),
 state)`` with a possibly different client count (``num_outputs(C)``, static);
 ``chain(pre..., rule)`` composes them into one Aggregator.
 
-``messages`` names the message kinds (fedround.messages) a part can read:
-real-valued stacks by default, rankings for FRL's vote. A rule with
-``sets_params`` returns the new global model itself rather than a step:
-the round takes it as is, with no server optimizer (FRL assigns the
-global scores exactly; params + (new - params) would round them).
+``reads`` declares what a part needs (``Reads``): the message payloads it
+can aggregate (real-valued stacks by default, rankings for FRL's vote) and
+what clients must send besides (e.g. their Fisher diagonals). ``output``
+says what the aggregate is (``Aggregate``): a delta for the server's
+optimizer to step on, or the new global model itself, which the server
+assigns (FRL sets the global scores exactly; params + (new - params) would
+round them).
 
 Rows of absent clients are zero (the round zeroes them). Factories that
 must know the cohort size to check their parameters (Krum needs C > 2f + 2)
@@ -23,35 +27,55 @@ sits in the chain, which fedround supplies from the config.
 """
 from __future__ import annotations
 
+import enum
 from typing import Any, Callable, NamedTuple
 
 import jax
 
-from fedround.messages import REAL_VALUED
+from fedround.client import ClientOutput
+from fedround.messages import REAL_VALUED, Payload
+
+
+class RoundContext(NamedTuple):
+  """What a rule may read besides the stack and its weights; the round
+  fills every field, a test or a caller only those the rule reads."""
+  client_ids: jax.Array | None = None  # int32[C]: each slot's id, -1 absent
+  round: jax.Array | None = None       # int32: rounds completed
+  fisher: Any = None  # [C, ...] diagonal Fishers (ClientOutput.FISHER)
+
+
+class Reads(NamedTuple):
+  """What a part of a chain needs from the round."""
+  payloads: frozenset[Payload] = REAL_VALUED  # the messages it aggregates
+  outputs: frozenset[ClientOutput] = frozenset()  # sent besides, by clients
+
+
+class Aggregate(enum.Enum):
+  """What a rule's aggregate is, so which server update takes it."""
+  DELTA = 'delta'  # a step: the server's optimizer steps on -aggregate
+  MODEL = 'model'  # the new global model: the server assigns it
 
 
 class Aggregator(NamedTuple):
   init: Callable[[Any], Any]
   update: Callable[..., tuple[Any, Any]]
-  # What the rule needs clients to send besides deltas (e.g. 'fisher'); the
-  # round passes each as a keyword of the same name, stacked [C, ...].
-  needs: tuple[str, ...] = ()
-  messages: tuple[str, ...] = REAL_VALUED
-  sets_params: bool = False
+  reads: Reads = Reads()
+  output: Aggregate = Aggregate.DELTA
 
 
 class PreAggregator(NamedTuple):
   init: Callable[[Any], Any]
   update: Callable[..., tuple[tuple[Any, jax.Array], Any]]
   num_outputs: Callable[[int], int] = lambda num_clients: num_clients
-  messages: tuple[str, ...] = REAL_VALUED
+  reads: Reads = Reads()
 
 
 def stateless(aggregate_fn: Callable[..., Any]) -> Aggregator:
   """An Aggregator from ``aggregate_fn(updates, weights) -> aggregate``."""
 
-  def update(updates, state, params=None, *, weights, key=None, **extra):
-    del params, key, extra
+  def update(updates, state, params=None, *, weights, key=None,
+             context=RoundContext()):
+    del params, key, context
     return aggregate_fn(updates, weights), state
 
   return Aggregator(init=lambda params: (), update=update)
@@ -71,19 +95,21 @@ def chain(*parts) -> Aggregator:
   def init(params):
     return tuple(p.init(params) for p in parts)
 
-  def update(updates, state, params=None, *, weights, key, **extra):
+  def update(updates, state, params=None, *, weights, key,
+             context=RoundContext()):
     keys = jax.random.split(key, len(parts))
     new_state = []
     for part, part_state, part_key in zip(parts[:-1], state, keys):
       (updates, weights), part_state = part.update(
-          updates, part_state, params, weights=weights, key=part_key, **extra)
+          updates, part_state, params, weights=weights, key=part_key,
+          context=context)
       new_state.append(part_state)
     aggregate, last_state = parts[-1].update(
-        updates, state[-1], params, weights=weights, key=keys[-1], **extra)
+        updates, state[-1], params, weights=weights, key=keys[-1],
+        context=context)
     return aggregate, tuple(new_state) + (last_state,)
 
-  needs = tuple(dict.fromkeys(
-      name for part in parts for name in getattr(part, 'needs', ())))
-  messages = tuple(kind for kind in parts[-1].messages
-                   if all(kind in part.messages for part in parts))
-  return Aggregator(init, update, needs, messages, parts[-1].sets_params)
+  reads = Reads(
+      frozenset.intersection(*(part.reads.payloads for part in parts)),
+      frozenset.union(*(part.reads.outputs for part in parts)))
+  return Aggregator(init, update, reads, parts[-1].output)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedround.aggregators import stack
-from fedround.aggregators.base import Aggregator, stateless
+from fedround.aggregators.base import Aggregator, RoundContext, stateless
 
 
 class FedAUState(NamedTuple):
@@ -81,9 +81,10 @@ def fedau(cutoff: int | None = None, *, population: int) -> Aggregator:
     return FedAUState(zeros(), zeros(), zeros(), jnp.float32(1),
                       jnp.float32(0))
 
-  def update(updates, state, params=None, *, weights, key=None, client_ids,
-             **extra):
-    del params, key, extra
+  def update(updates, state, params=None, *, weights, key=None,
+             context=RoundContext()):
+    del params, key
+    client_ids = context.client_ids
     _check_slots(updates, client_ids, 'fedau')
     took_part = client_ids >= 0
     omega = fedau_weights(state)[jnp.clip(client_ids, 0, population - 1)]
@@ -154,9 +155,10 @@ def inverse_probability(participation) -> Aggregator:
   population = len(p)
   scale = jnp.asarray(1 / (population * p), jnp.float32)
 
-  def update(updates, state, params=None, *, weights, key=None, client_ids,
-             **extra):
-    del params, key, extra
+  def update(updates, state, params=None, *, weights, key=None,
+             context=RoundContext()):
+    del params, key
+    client_ids = context.client_ids
     _check_slots(updates, client_ids, 'inverse_probability')
     usable = stack.present(weights)
     coefficients = jnp.where(

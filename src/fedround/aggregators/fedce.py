@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from fedround.aggregators import stack
-from fedround.aggregators.base import Aggregator
+from fedround.aggregators.base import Aggregator, RoundContext
 
 # Cosines near 1 carry float32 round-off of about 1e-7, so contribution
 # terms summing below this (per client) are no signal: they count as equal.
@@ -89,9 +89,10 @@ def fedce(population: int, apply_fn: Callable | None = None,
       return jnp.sum(correct & valid) / jnp.maximum(count, 1)
     return jax.vmap(score)(mixing, val_x[ids], val_y[ids], val_n[ids])
 
-  def update(updates, state, params=None, *, weights, key=None, client_ids,
-             **extra):
-    del key, extra
+  def update(updates, state, params=None, *, weights, key=None,
+             context=RoundContext()):
+    del key
+    client_ids = context.client_ids
     usable = stack.present(weights) & (client_ids >= 0)
     count = jnp.sum(usable)
     ids = jnp.where(usable, client_ids, 0)

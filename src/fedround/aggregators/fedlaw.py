@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from fedround.aggregators import stack
-from fedround.aggregators.base import Aggregator
+from fedround.aggregators.base import Aggregator, RoundContext
 
 SERVER_EPOCHS = 20  # the official code's default server epochs per round
 
@@ -102,9 +102,10 @@ def fedlaw(steps: int | None = None, learning_rate: float = 0.01,
     return FedLAWState(gamma=jnp.ones((), jnp.float32),
                        lambdas=jnp.zeros(population, jnp.float32))
 
-  def update(updates, state, params=None, *, weights, key, client_ids,
-             **extra):
-    del state, extra
+  def update(updates, state, params=None, *, weights, key,
+             context=RoundContext()):
+    del state
+    client_ids = context.client_ids
     if params is None:
       raise ValueError('fedlaw merges full client models: update() needs '
                        'params')

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from fedround.aggregators import stack
-from fedround.aggregators.base import Aggregator
+from fedround.aggregators.base import Aggregator, Reads, RoundContext
+from fedround.client import ClientOutput
 
 # Leaf names of normalisation statistics: Flax's 'batch_stats' collection
 # and the running statistics of PyTorch state dicts, which the official
@@ -45,9 +46,10 @@ def fisher_merging(floor: float = 1e-6) -> Aggregator:
     raise ValueError(f'floor (the smallest Fisher value, which keeps the '
                      f'denominator positive) must be > 0, got {floor!r}')
 
-  def update(updates, state, params=None, *, weights, key=None, fisher,
-             **extra):
-    del params, key, extra
+  def update(updates, state, params=None, *, weights, key=None,
+             context=RoundContext()):
+    del params, key
+    fisher = context.fisher
     present = stack.present(weights)
     coefficients = jnp.where(present, weights, 0).astype(jnp.float32)
 
@@ -62,7 +64,8 @@ def fisher_merging(floor: float = 1e-6) -> Aggregator:
 
     return jax.tree.map(merge, updates, fisher), state
 
-  return Aggregator(init=lambda params: (), update=update, needs=('fisher',))
+  return Aggregator(init=lambda params: (), update=update,
+                    reads=Reads(outputs=frozenset({ClientOutput.FISHER})))
 
 
 def variance_corrected() -> Aggregator:
@@ -85,8 +88,9 @@ def variance_corrected() -> Aggregator:
   give the plain mean; with nobody present the aggregate is zero.
   """
 
-  def update(updates, state, params=None, *, weights, key=None, **extra):
-    del key, extra
+  def update(updates, state, params=None, *, weights, key=None,
+             context=RoundContext()):
+    del key, context
     if params is None:
       raise ValueError('variance_corrected works on full client models and '
                        'needs params, the global model')
@@ -163,9 +167,10 @@ def fedld(keep: float = 0.8) -> Aggregator:
     raise ValueError(f'keep (the fraction of principal directions kept) '
                      f'must be in (0, 1], got {keep!r}')
 
-  def update(updates, state, params=None, *, weights, key=None, round,
-             **extra):
-    del params, key, extra
+  def update(updates, state, params=None, *, weights, key=None,
+             context=RoundContext()):
+    del params, key
+    round = context.round
     present = stack.present(weights)
     count = jnp.sum(present)
     updates = stack.zero_absent(updates, present)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from fedround.aggregators import stack
-from fedround.aggregators.base import PreAggregator
+from fedround.aggregators.base import PreAggregator, RoundContext
 
 
 def clip(max_norm: float) -> PreAggregator:
@@ -115,8 +115,9 @@ def _pre_aggregator(transform, num_outputs=lambda num_clients: num_clients):
   """A PreAggregator from ``transform(updates, weights, key) -> (updates',
   weights')``."""
 
-  def update(updates, state, params=None, *, weights, key=None, **extra):
-    del params, extra
+  def update(updates, state, params=None, *, weights, key=None,
+             context=RoundContext()):
+    del params, context
     return transform(updates, weights, key), state
 
   return PreAggregator(lambda params: (), update, num_outputs)

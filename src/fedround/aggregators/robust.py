@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedround.aggregators import stack
-from fedround.aggregators.base import Aggregator, stateless
+from fedround.aggregators.base import Aggregator, RoundContext, stateless
 
 _MDA_BATCH = 1024  # candidate subsets whose diameters are computed at once
 
@@ -187,8 +187,9 @@ def centered_clipping(tau: float = 1.0, iterations: int = 3) -> Aggregator:
     raise ValueError(f'tau (the clipping radius around the previous '
                      f'aggregate) must be > 0, got {tau!r}')
 
-  def update(updates, state, params=None, *, weights, key=None, **extra):
-    del params, key, extra
+  def update(updates, state, params=None, *, weights, key=None,
+             context=RoundContext()):
+    del params, key, context
     present = stack.present(weights)
     count = jnp.sum(present)
     center, offsets = _anchored(updates, present)

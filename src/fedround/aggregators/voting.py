@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from fedround.aggregators import stack
-from fedround.aggregators.base import Aggregator, stateless
+from fedround.aggregators.base import (Aggregate, Aggregator, Reads,
+                                       RoundContext, stateless)
+from fedround.messages import Payload
 
 _INT32_LIMIT = 2 ** 31
 
@@ -26,15 +28,16 @@ def frl_vote() -> Aggregator:
   smaller score. With no voter the scores stay as they are.
 
   State: each layer's initial scores, sorted (from ``init(params)``). The
-  aggregate is the new scores themselves (``sets_params``), so no server
-  optimizer rounds them.
+  aggregate is the new scores themselves (``Aggregate.MODEL``), so no
+  server optimizer rounds them.
   """
 
   def init(params):
     return jax.tree.map(lambda p: jnp.sort(p.reshape(-1)), params)
 
-  def update(positions, state, params, *, weights, key=None, **extra):
-    del key, extra
+  def update(positions, state, params, *, weights, key=None,
+             context=RoundContext()):
+    del key, context
     voters = stack.present(weights)
 
     def vote(position, sorted_scores, scores):
@@ -50,7 +53,8 @@ def frl_vote() -> Aggregator:
 
     return jax.tree.map(vote, positions, state, params), state
 
-  return Aggregator(init, update, messages=('ranks',), sets_params=True)
+  return Aggregator(init, update, Reads(frozenset({Payload.RANK})),
+                    Aggregate.MODEL)
 
 
 def sign_majority() -> Aggregator:
