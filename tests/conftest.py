@@ -51,6 +51,43 @@ def tiny_digits(rounds=2):
   return config
 
 
+def counting(round_):
+  """``round_`` with its fn counting its traces, and the count (a list of
+  one int): the round is one jitted function when it stays at 1."""
+  count = [0]
+
+  def fn(*args, **kwargs):
+    count[0] += 1
+    return round_.fn(*args, **kwargs)
+
+  return round_._replace(fn=fn), count
+
+
+@pytest.fixture
+def traces(monkeypatch):
+  """The trace count of every round train.build makes while the test runs,
+  in build order (``counting``)."""
+  from fedround import train
+  counts = []
+  make_round = train.make_round
+
+  def counted(**kwargs):
+    round_, count = counting(make_round(**kwargs))
+    counts.append(count)
+    return round_
+
+  monkeypatch.setattr(train, 'make_round', counted)
+
+  class Counts:
+    def __getitem__(self, i):
+      return counts[i][0]
+
+    def __len__(self):
+      return len(counts)
+
+  return Counts()
+
+
 def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
   import numpy as np
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)

@@ -74,7 +74,6 @@ class Round(NamedTuple):
   fn: Callable  # (state, store, data, active=True) -> (state, store, metrics)
   cohort: Callable  # state -> (ids, present, client_keys, aggregate_key)
   cohort_buffer: int  # cohort size padded to a multiple of the device count
-  traces: list        # one entry appended each time the round is traced
 
 
 def _tree_all_finite(tree):
@@ -229,7 +228,6 @@ def make_round(*, client: Client, aggregator: Aggregator,
                                  in_specs=(P(), P(CLIENTS)),
                                  out_specs=P(CLIENTS))
   algorithm = client.algorithm
-  traces = []
 
   def byzantine_clients(state: ServerState, population: int):
     return byzantine_mask(
@@ -267,7 +265,6 @@ def make_round(*, client: Client, aggregator: Aggregator,
     """One round; with ``active`` False (a traced bool) the per-client
     store is left as it was, so ``make_rounds`` can skip a round without
     copying the store."""
-    traces.append(1)
     is_byzantine = byzantine_clients(state, data.num_clients)
     cohort = sample(state, is_byzantine)
     training_data = attack.poison(ClientData(data.x, data.y, data.n),
@@ -346,7 +343,7 @@ def make_round(*, client: Client, aggregator: Aggregator,
         state, len(participation.probabilities)))
     return cohort.ids, cohort.present, cohort.keys, cohort.rule_key
 
-  return Round(round_fn, cohort_of, buffer, traces)
+  return Round(round_fn, cohort_of, buffer)
 
 
 def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):

@@ -554,7 +554,6 @@ def _train(experiment: Experiment, configs, workdirs,
             (round_ - start) / max(train_seconds, 1e-9), 2),
         'replicas': len(logs),
         'devices': 1 if experiment.mesh is None else experiment.mesh.size,
-        'round_traces': len(experiment.round.traces),
         'data': data.describe(),
     }
     with open(log.summary_path, 'w') as f:
