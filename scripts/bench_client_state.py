@@ -28,6 +28,7 @@ from fedround.aggregators import build_aggregator
 from fedround.client import make_client
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_store
 from fedround.data import FederatedData, uniform
+from fedround.messages import identity
 from fedround.models import MODELS
 from fedround.optimizers import build_optimizer
 from fedround.rounds import make_round, make_rounds
@@ -64,7 +65,8 @@ def measure(name: str, num_clients: int, cohort: int) -> dict:
                        max_examples=EXAMPLES, local_steps=5,
                        algorithm=algorithm)
   aggregator = build_aggregator('weighted_mean')
-  round_ = make_round(client=client, aggregator=aggregator,
+  round_ = make_round(client=client, message=identity(),
+                      aggregator=aggregator,
                       server_update=optimizer_step(optax.sgd),
                       participation=uniform(num_clients, cohort))
   params = model.init(jax.random.PRNGKey(0), data.x[0, :1])

@@ -12,6 +12,7 @@ from fedround import attacks, train
 from fedround.aggregators import build_aggregator
 from fedround.client import ClientData, make_client
 from fedround.data import FederatedData, uniform
+from fedround.messages import identity
 from fedround.models import MODELS
 from fedround.registry import ConfigError
 from fedround.rounds import make_round
@@ -47,13 +48,13 @@ def test_hand_computed_attack_vectors():
   np.testing.assert_array_equal(_attack('label_flip'), UPDATES['w'][3:])
   data = ClientData(jnp.zeros((2, 3, 1)), jnp.array([[0, 1, 4], [0, 1, 4]]),
                     jnp.array([3, 3]))
-  poisoned = attacks.label_flip().poison(data, jnp.array([True, False]), 5)
+  poisoned = attacks.poisoning.label_flip().poison(data, jnp.array([True, False]), 5)
   np.testing.assert_array_equal(poisoned.y, [[4, 3, 0], [0, 1, 4]])
-  assert attacks.alie().poison(data, jnp.array([True, False]), 5) is data
+  assert attacks.omniscient.alie().poison(data, jnp.array([True, False]), 5) is data
 
 
 def test_gaussian_draws_per_client():
-  attack = attacks.gaussian(mu=5.0, sigma=2.0)
+  attack = attacks.noise.gaussian(mu=5.0, sigma=2.0)
   big = {'w': jnp.zeros((4, 20000))}
   out = attack.forge(big, byzantine=jnp.array([True, True, False, False]),
                      honest=jnp.array([False, False, True, True]),
@@ -79,7 +80,7 @@ def test_optimal_attack_beats_every_grid_tau(name, base, rule):
     return float(np.sum((np.asarray(aggregate(stack)['w']) - MEAN) ** 2))
 
   best = damage(_attack(name, aggregate=aggregate))
-  for tau in attacks._TAU_GRID:
+  for tau in attacks.omniscient._TAU_GRID:
     assert best >= damage(_attack(base, tau=tau)) - 1e-4
 
 
@@ -101,7 +102,8 @@ def _one_round(data, *, attack='none', ids=(), fraction=0.0,
   agg = build_aggregator(aggregator)
   client = make_client(model.apply, optax.sgd, batch_size=8,
                        max_examples=data.max_examples, local_epochs=1)
-  round_ = make_round(client=client, aggregator=agg,
+  round_ = make_round(client=client, message=identity(),
+                      aggregator=agg,
                       server_update=optimizer_step(optax.sgd),
                       participation=uniform(data.num_clients, data.num_clients),
                       attack=attacks.ATTACKS.build(attack, 'attack'),
@@ -133,7 +135,8 @@ def test_a_cohort_at_least_half_byzantine_is_redrawn():
   byzantine = np.arange(8) < 4
   cohorts = {}
   for share in (0.0, 0.5):
-    round_ = make_round(client=client, aggregator=agg,
+    round_ = make_round(client=client, message=identity(),
+                        aggregator=agg,
                         server_update=optimizer_step(optax.sgd),
                         participation=uniform(8, 4), byzantine_ids=(0, 1, 2, 3),
                         redraw_share=share)

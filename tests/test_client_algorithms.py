@@ -19,6 +19,7 @@ from fedround.aggregators import build_aggregator
 from fedround.client import make_client
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_store
 from fedround.data import FederatedData, uniform
+from fedround.messages import identity
 from fedround.registry import ConfigError
 from fedround.rounds import (make_mesh, make_round, make_rounds, place,
                              replicate)
@@ -68,7 +69,8 @@ def build(algorithm, data, *, cohort=None, local_steps=5,
                        algorithm=algorithm)
   num_clients = data.num_clients
   aggregator = build_aggregator('weighted_mean')
-  round_ = make_round(client=client, aggregator=aggregator,
+  round_ = make_round(client=client, message=identity(),
+                      aggregator=aggregator,
                       server_update=optimizer_step(optax.sgd), mesh=mesh,
                       participation=uniform(num_clients,
                                             cohort or num_clients))

@@ -11,6 +11,7 @@ from fedround import baselines, train
 from fedround.aggregators import build_aggregator
 from fedround.client import make_client
 from fedround.data import uniform
+from fedround.messages import identity
 from fedround.models import MODELS
 from fedround.rounds import make_round
 from fedround.server import init_server_state, optimizer_step
@@ -43,7 +44,8 @@ def test_fedavg_equals_numpy(tiny_federation):
   client = make_client(model.apply, optax.sgd, batch_size=8,
                        max_examples=data.max_examples, local_epochs=3)
   aggregator = build_aggregator('weighted_mean')
-  round_ = make_round(client=client, aggregator=aggregator,
+  round_ = make_round(client=client, message=identity(),
+                      aggregator=aggregator,
                       server_update=optimizer_step(optax.sgd),
                       participation=uniform(4, 4))
   params = model.init(jax.random.PRNGKey(1), data.x[0, :1])

@@ -89,7 +89,7 @@ def test_one_client_moves_each_summed_position_by_at_most_n_minus_1():
     for row in sent:
       np.testing.assert_array_equal(np.sort(row.ravel()), np.arange(n))
     byzantine = jnp.arange(5) == trial % 5
-    reversed_ = np.asarray(attacks.reverse_ranking().forge(
+    reversed_ = np.asarray(attacks.rankings.reverse_ranking().forge(
         {'w': jnp.asarray(sent)}, byzantine=byzantine, honest=~byzantine,
         key=None)['w'])
     other = sent.copy()
@@ -110,13 +110,13 @@ def test_positions_rank_raw_scores_from_least_to_most():
 def test_reversed_ranking_attack():
   sent = {'w': jnp.array([[0, 1, 2, 3], [2, 0, 3, 1], [1, 3, 0, 2]])}
   byzantine = jnp.array([False, True, True])
-  forged = attacks.reverse_ranking().forge(sent, byzantine=byzantine,
+  forged = attacks.rankings.reverse_ranking().forge(sent, byzantine=byzantine,
                                            honest=~byzantine, key=None)
   np.testing.assert_array_equal(forged['w'], [[0, 1, 2, 3], [1, 3, 0, 2],
                                               [2, 0, 3, 1]])
   # Colluding: the Byzantine sums [3, 3, 3, 3] tie, ranked 0 1 2 3 by
   # index, and reversed.
-  forged = attacks.reverse_ranking(collude=True).forge(
+  forged = attacks.rankings.reverse_ranking(collude=True).forge(
       sent, byzantine=byzantine, honest=~byzantine, key=None)
   np.testing.assert_array_equal(forged['w'], [[0, 1, 2, 3], [3, 2, 1, 0],
                                               [3, 2, 1, 0]])

@@ -56,7 +56,7 @@ def test_sign_flip_on_signs_sends_the_negated_majority():
   sent = {'w': jnp.array([[1., -1., 1.], [1., 1., -1.], [-1., -1., 0.],
                           [1., 1., 1.]])}
   byzantine = jnp.array([False, False, False, True])
-  forged = signs.project(attacks.sign_flip().forge(
+  forged = signs.project(attacks.omniscient.sign_flip().forge(
       sent, byzantine=byzantine, honest=~byzantine, key=None))
   np.testing.assert_array_equal(forged['w'][3], [-1, 1, 0])
   np.testing.assert_array_equal(forged['w'][:3], sent['w'][:3])

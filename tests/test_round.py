@@ -11,6 +11,7 @@ from fedround import train
 from fedround.aggregators import build_aggregator
 from fedround.client import make_client
 from fedround.data import FederatedData, uniform
+from fedround.messages import identity
 from fedround.models import MODELS
 from fedround.rounds import make_round, make_rounds
 from fedround.server import init_server_state, optimizer_step
@@ -108,7 +109,8 @@ def test_nonfinite_client_updates_are_excluded_and_counted(tiny_federation):
   def one_round(d):
     client = make_client(model.apply, optax.sgd, batch_size=8,
                          max_examples=d.max_examples, local_epochs=1)
-    round_ = make_round(client=client, aggregator=aggregator,
+    round_ = make_round(client=client, message=identity(),
+                        aggregator=aggregator,
                         server_update=optimizer_step(optax.sgd),
                         participation=uniform(d.num_clients, d.num_clients))
     params = model.init(jax.random.PRNGKey(0), d.x[0, :1])

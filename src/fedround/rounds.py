@@ -1,12 +1,14 @@
-"""Builds the federation round from its parts, shards it, scans it.
+"""Builds the federation round from its stages, shards it, scans it.
 
-round(state, store, data) -> (state, store, metrics): sample a cohort,
-gather its data,
-vmap local training over the client axis (sharded over the mesh axis
-``clients``), encode each client's message (fedround.messages), let the
-cohort's Byzantine clients forge theirs, exclude non-finite updates,
-aggregate, take the server step (refused when the aggregate or the new
-model is not finite).
+round(state, store, data) -> (state, store, metrics) calls, in order: sample
+the cohort (participation), let the Byzantine clients poison their data,
+train the cohort (vmapped over the client axis, sharded over the mesh axis
+``clients``), encode each client's message, let the Byzantine clients forge
+theirs, screen out absent and non-finite ones, aggregate, the server update
+(refused when the step or the new model is not finite), and update the
+per-client store. Each stage is a part built elsewhere from its registry
+and met here only through its contract (docs/design.md); this module
+imports no concrete rule, attack, message or client algorithm.
 ``make_rounds`` jits a ``lax.scan`` of R rounds per call.
 """
 from __future__ import annotations
@@ -19,15 +21,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fedround.aggregators import Aggregator
-from fedround.aggregators.base import RoundContext
+from fedround.aggregators.base import Aggregator, RoundContext
 from fedround.aggregators.stack import zero_absent
-from fedround.attacks import Attack, byzantine_mask, no_attack
+from fedround.attacks.base import Attack, byzantine_mask
 from fedround.client import Broadcast, Client, ClientData, ClientInput
 from fedround.data import FederatedData, Participation
-from fedround.messages import Message, float32_bits, identity
+from fedround.messages import Message, float32_bits
 from fedround.models import negative_log_likelihood
-from fedround.optimizers import constant_schedule
 from fedround.server import ServerState, ServerUpdate
 
 CLIENTS = 'clients'
@@ -189,25 +189,26 @@ def redraw_byzantine(sample: Callable, share: float) -> Callable:
 
 def make_round(*, client: Client, aggregator: Aggregator,
                server_update: ServerUpdate, participation: Participation,
-               mesh: Mesh | None = None, attack: Attack | None = None,
+               message: Message, mesh: Mesh | None = None,
+               attack: Attack | None = None,
                byzantine_fraction: float = 0.0,
                byzantine_ids: tuple[int, ...] = (),
                client_schedule=None, server_schedule=None,
-               message: Message | None = None,
                redraw_share: float = 0.0) -> Round:
   """Both learning rates come from ``state.hparams``, each times its
-  schedule (round -> multiplier, optimizers.build_schedule; default
-  constant) of the rounds completed. The Byzantine clients
+  schedule (round -> multiplier, optimizers.build_schedule; default none)
+  of the rounds completed. The Byzantine clients
   (``byzantine_ids``, or a ``byzantine_fraction`` of the federation drawn
   from the run's key) poison their data and forge their messages with
   ``attack``; with ``redraw_share`` > 0 the cohort is drawn by
-  ``redraw_byzantine``. Clients send ``message`` (default identity: their
-  float32 deltas); ``server_update`` turns the aggregate into the model."""
-  attack = attack or no_attack()
-  message = message or identity()
-  client_schedule = client_schedule or constant_schedule()
-  server_schedule = server_schedule or constant_schedule()
-  attacked = bool(byzantine_ids) or byzantine_fraction > 0
+  ``redraw_byzantine``; without an attack the round has neither stage.
+  Clients send ``message``; ``server_update`` turns the aggregate into the
+  model."""
+  unscheduled = lambda round_: 1.0
+  client_schedule = client_schedule or unscheduled
+  server_schedule = server_schedule or unscheduled
+  attacked = attack is not None and (bool(byzantine_ids)
+                                     or byzantine_fraction > 0)
   num_devices = 1 if mesh is None else mesh.size
   buffer = math.ceil(participation.cohort_size / num_devices) * num_devices
   sample = sample_cohort(participation, buffer)
@@ -267,8 +268,10 @@ def make_round(*, client: Client, aggregator: Aggregator,
     copying the store."""
     is_byzantine = byzantine_clients(state, data.num_clients)
     cohort = sample(state, is_byzantine)
-    training_data = attack.poison(ClientData(data.x, data.y, data.n),
-                                  is_byzantine, data.num_classes)
+    training_data = ClientData(data.x, data.y, data.n)
+    if attacked:
+      training_data = attack.poison(training_data, is_byzantine,
+                                    data.num_classes)
     client_learning_rate = (state.hparams['client_learning_rate']
                             * client_schedule(state.round))
     server_learning_rate = (state.hparams['server_learning_rate']
