@@ -113,13 +113,11 @@ def _global_direction(aggregate, step_scale):
   return jax.tree.map(lambda a: -a / step_scale, aggregate)
 
 
-@CLIENT_ALGORITHMS.register('fedavg')
 def fedavg() -> ClientAlgorithm:
   """Plain local training (McMahan et al., AISTATS 2017)."""
   return ClientAlgorithm(_none, _none, _fresh, _plain, _keep, _unchanged)
 
 
-@CLIENT_ALGORITHMS.register('fedprox')
 def fedprox(mu: float = 0.01) -> ClientAlgorithm:
   """FedProx (Li et al., MLSys 2020): the local loss plus
   (mu/2) ||w - w_global||^2, whose gradient adds mu (w - w_global)."""
@@ -134,7 +132,6 @@ def fedprox(mu: float = 0.01) -> ClientAlgorithm:
   return ClientAlgorithm(_none, _none, _fresh, direction, _keep, _unchanged)
 
 
-@CLIENT_ALGORITHMS.register('fedavg_m')
 def fedavg_m(beta: float = 0.1) -> ClientAlgorithm:
   """FedAvg-M (Cheng et al., "Momentum Benefits Non-IID Federated Learning
   Simply and Provably", ICLR 2024): every local step moves along
@@ -162,7 +159,6 @@ class ScaffoldShared(NamedTuple):
   momentum: Any    # g, the last round's mean local direction (SCAFFOLD-M)
 
 
-@CLIENT_ALGORITHMS.register('scaffold_m')
 def scaffold_m(beta: float = 0.1) -> ClientAlgorithm:
   """SCAFFOLD-M (Cheng et al., ICLR 2024): every local step moves along
   beta (grad - c_i + c) + (1 - beta) g, with g as in ``fedavg_m``. After
@@ -192,14 +188,12 @@ def scaffold_m(beta: float = 0.1) -> ClientAlgorithm:
       update_shared, aggregator='mean')
 
 
-@CLIENT_ALGORITHMS.register('scaffold')
 def scaffold() -> ClientAlgorithm:
   """SCAFFOLD (Karimireddy et al., ICML 2020), with c_i the mean gradient
   over the local iterates: SCAFFOLD-M with beta = 1."""
   return scaffold_m(beta=1.0)
 
 
-@CLIENT_ALGORITHMS.register('diloco')
 def diloco() -> ClientAlgorithm:
   """DiLoCo's inner loop (Douillard et al., "DiLoCo: Distributed
   Low-Communication Training of Language Models", 2023): the client's
@@ -221,3 +215,11 @@ def init_store(algorithm: ClientAlgorithm, params, population: int,
   row = algorithm.init_own(params, optimizer(jnp.float32(1)).init(params))
   return jax.tree.map(
       lambda x: jnp.broadcast_to(x, (population,) + jnp.shape(x)), row)
+
+
+CLIENT_ALGORITHMS.register('fedavg')(fedavg)
+CLIENT_ALGORITHMS.register('fedprox')(fedprox)
+CLIENT_ALGORITHMS.register('fedavg_m')(fedavg_m)
+CLIENT_ALGORITHMS.register('scaffold_m')(scaffold_m)
+CLIENT_ALGORITHMS.register('scaffold')(scaffold)
+CLIENT_ALGORITHMS.register('diloco')(diloco)

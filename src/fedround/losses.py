@@ -11,13 +11,11 @@ from fedround.registry import Registry
 LOSSES = Registry('client loss')
 
 
-@LOSSES.register('cross_entropy')
 def cross_entropy():
   """Mean cross-entropy over the valid examples."""
   return _cross_entropy
 
 
-@LOSSES.register('fedld_margin')
 def fedld_margin(lam: float = 0.03):
   """Cross-entropy plus FedLD's ``margin_loss`` (lam = 0.03 as in the
   official code's margin_loss_penalty)."""
@@ -45,3 +43,7 @@ def margin_loss(logits, valid, lam: float = 0.03):
   probs = jax.nn.softmax(jnp.where(keep, logits, 0).astype(jnp.float32),
                          axis=-1)
   return lam * jnp.log1p(jnp.sum(jnp.where(keep, probs ** 2, 0)))
+
+
+LOSSES.register('cross_entropy')(cross_entropy)
+LOSSES.register('fedld_margin')(fedld_margin)

@@ -42,7 +42,6 @@ def _check_flag(name: str, value) -> None:
     raise ValueError(f'{name} must be True or False, got {value!r}')
 
 
-@OPTIMIZERS.register('sgd')
 def sgd(learning_rate, momentum: float | None = None, nesterov: bool = False,
         weight_decay: float = 0.0, accumulator_dtype: Any | None = None
         ) -> optax.GradientTransformation:
@@ -59,7 +58,6 @@ def sgd(learning_rate, momentum: float | None = None, nesterov: bool = False,
   return optax.chain(optax.add_decayed_weights(weight_decay), step)
 
 
-@OPTIMIZERS.register('fedavgm')
 def fedavgm(learning_rate, momentum: float = 0.9, nesterov: bool = False
             ) -> optax.GradientTransformation:
   """FedAvgM (Hsu, Qi, Brown 2019, arXiv:1909.06335): SGD with momentum on
@@ -69,7 +67,6 @@ def fedavgm(learning_rate, momentum: float = 0.9, nesterov: bool = False
   return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
 
 
-@OPTIMIZERS.register('diloco')
 def diloco(learning_rate, momentum: float = 0.9, nesterov: bool = True
            ) -> optax.GradientTransformation:
   """DiLoCo's outer step (Douillard et al. 2023, arXiv:2311.08105): SGD with
@@ -130,7 +127,6 @@ def _adaptive_server(learning_rate, b1: float, eps: float,
                      optax.scale_by_learning_rate(learning_rate))
 
 
-@OPTIMIZERS.register('fedadam')
 def fedadam(learning_rate, b1: float = 0.9, b2: float = 0.99,
             eps: float = 1e-3, bias_correction: bool = False
             ) -> optax.GradientTransformation:
@@ -141,7 +137,6 @@ def fedadam(learning_rate, b1: float = 0.9, b2: float = 0.99,
                           lambda v, g2: b2 * v + (1 - b2) * g2, b2)
 
 
-@OPTIMIZERS.register('fedyogi')
 def fedyogi(learning_rate, b1: float = 0.9, b2: float = 0.99,
             eps: float = 1e-3, bias_correction: bool = False
             ) -> optax.GradientTransformation:
@@ -154,7 +149,6 @@ def fedyogi(learning_rate, b1: float = 0.9, b2: float = 0.99,
       lambda v, g2: v - (1 - b2) * g2 * jnp.sign(v - g2), b2)
 
 
-@OPTIMIZERS.register('fedadagrad')
 def fedadagrad(learning_rate, b1: float = 0.9, eps: float = 1e-3,
                bias_correction: bool = False) -> optax.GradientTransformation:
   """FedAdagrad (Reddi et al., ICLR 2021): v = v + g^2, with momentum b1 on
@@ -192,13 +186,11 @@ def _check_final(final) -> None:
                      f'got {final!r}')
 
 
-@SCHEDULES.register('constant')
 def constant_schedule() -> optax.Schedule:
   """Multiplier 1 every round."""
   return optax.constant_schedule(1.0)
 
 
-@SCHEDULES.register('cosine')
 def cosine_schedule(rounds: int, final: float = 0.0) -> optax.Schedule:
   """Cosine decay from 1 at round 0 to ``final`` at round ``rounds``, then
   ``final`` (Loshchilov and Hutter, SGDR, ICLR 2017, without restarts)."""
@@ -207,7 +199,6 @@ def cosine_schedule(rounds: int, final: float = 0.0) -> optax.Schedule:
   return optax.cosine_decay_schedule(1.0, rounds, alpha=final)
 
 
-@SCHEDULES.register('warmup_cosine')
 def warmup_cosine_schedule(warmup: int, rounds: int, final: float = 0.0
                            ) -> optax.Schedule:
   """Linear from 0 at round 0 to 1 at round ``warmup``, then cosine decay to
@@ -218,7 +209,6 @@ def warmup_cosine_schedule(warmup: int, rounds: int, final: float = 0.0
   return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, rounds, final)
 
 
-@SCHEDULES.register('step')
 def step_schedule(every: int, factor: float = 0.1) -> optax.Schedule:
   """Multiplier factor ** (round // every)."""
   _check_count('every', every, 1)
@@ -226,7 +216,6 @@ def step_schedule(every: int, factor: float = 0.1) -> optax.Schedule:
   return optax.exponential_decay(1.0, every, factor, staircase=True)
 
 
-@SCHEDULES.register('exponential')
 def exponential_schedule(rate: float) -> optax.Schedule:
   """Multiplier rate ** round."""
   _check_positive('rate', rate)
@@ -249,16 +238,29 @@ def build_schedule(spec: str, field: str
 LOCAL_SCHEDULES = Registry('local schedule')
 
 
-@LOCAL_SCHEDULES.register('constant')
 def constant_local_schedule() -> Callable[[jax.Array, int], jax.Array]:
   """Multiplier 1 at every local step."""
   return lambda position, length: jnp.ones(jnp.shape(position), jnp.float32)
 
 
-@LOCAL_SCHEDULES.register('cosine')
 def cosine_local_schedule() -> Callable[[jax.Array, int], jax.Array]:
   """(1 + cos(pi e / E)) / 2 in local epoch e of E (step e of K under
   local_steps): torch's CosineAnnealingLR(T_max=E) stepped once an epoch
   from the round's learning rate, as FRL's code trains each client."""
   return lambda position, length: (
       1 + jnp.cos(jnp.pi * position.astype(jnp.float32) / length)) / 2
+
+
+OPTIMIZERS.register('sgd')(sgd)
+OPTIMIZERS.register('fedavgm')(fedavgm)
+OPTIMIZERS.register('diloco')(diloco)
+OPTIMIZERS.register('fedadam')(fedadam)
+OPTIMIZERS.register('fedyogi')(fedyogi)
+OPTIMIZERS.register('fedadagrad')(fedadagrad)
+SCHEDULES.register('constant')(constant_schedule)
+SCHEDULES.register('cosine')(cosine_schedule)
+SCHEDULES.register('warmup_cosine')(warmup_cosine_schedule)
+SCHEDULES.register('step')(step_schedule)
+SCHEDULES.register('exponential')(exponential_schedule)
+LOCAL_SCHEDULES.register('constant')(constant_local_schedule)
+LOCAL_SCHEDULES.register('cosine')(cosine_local_schedule)

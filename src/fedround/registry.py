@@ -63,6 +63,8 @@ class Registry:
     self._factories: dict[str, Callable[..., Any]] = {}
 
   def register(self, name: str):
+    """``REGISTRY.register(name)(factory)``: one line per part, listed in
+    the registry's module after the parts are defined."""
     def decorator(factory):
       if name in self._factories:
         raise ValueError(f'{self.kind} {name!r} registered twice')

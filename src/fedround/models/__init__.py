@@ -90,17 +90,14 @@ class CNN(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
-@MODELS.register('logistic')
 def logistic(num_classes: int) -> nn.Module:
   return Logistic(num_classes)
 
 
-@MODELS.register('mlp')
 def mlp(num_classes: int, hidden: Sequence[int] = (200, 200)) -> nn.Module:
   return MLP(num_classes, tuple(hidden))
 
 
-@MODELS.register('cnn')
 def cnn(num_classes: int, features: Sequence[int] = (16, 32),
         dense: int = 64, conv: str = 'auto', norm: str = 'none') -> nn.Module:
   if conv not in ('auto', 'native', 'shifted'):
@@ -118,7 +115,6 @@ def _check_keep_fraction(k) -> None:
                      f'in (0, 1], got {k!r}')
 
 
-@MODELS.register('supermask_mlp')
 def supermask_mlp(num_classes: int, hidden: Sequence[int] = (200, 200),
                   k: float = 0.5, seed: int = 0) -> nn.Module:
   """FRL's supermask MLP (models.supermask); ``seed`` draws its frozen
@@ -127,7 +123,6 @@ def supermask_mlp(num_classes: int, hidden: Sequence[int] = (200, 200),
   return SupermaskMLP(num_classes, tuple(hidden), k, seed)
 
 
-@MODELS.register('supermask_cnn')
 def supermask_cnn(num_classes: int, features: Sequence[int] = (32, 64),
                   dense: int = 128, k: float = 0.5, seed: int = 0,
                   conv: str = 'auto') -> nn.Module:
@@ -149,3 +144,10 @@ def cross_entropy(logits, labels, weights):
   """Mean cross-entropy over examples with weight 1 (padding has weight 0)."""
   nll = negative_log_likelihood(logits, labels)
   return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+MODELS.register('logistic')(logistic)
+MODELS.register('mlp')(mlp)
+MODELS.register('cnn')(cnn)
+MODELS.register('supermask_mlp')(supermask_mlp)
+MODELS.register('supermask_cnn')(supermask_cnn)
