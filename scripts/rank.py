@@ -18,7 +18,7 @@ import csv
 import math
 import sys
 
-from fedround import report
+from fedround.analysis import report
 from fedround.registry import ConfigError
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedround import report
+from fedround.analysis import report
 from fedround.registry import ConfigError
 
 

@@ -16,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fedround import client_soups
+from fedround.analysis import client_soups
 from fedround.cli import parse_flags
 from fedround.registry import ConfigError
 

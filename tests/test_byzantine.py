@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import byzantine
-from fedround import report, sweep, train
+from fedround import sweep, train
+from fedround.analysis import report
 from fedround.registry import ConfigError
 
 

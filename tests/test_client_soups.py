@@ -16,11 +16,10 @@ import pytest
 import fisher
 from conftest import assert_trees_close
 from fedround import train
-from fedround.client_soups import (ENSEMBLES, METHODS, client_logits,
-                                   client_models, ensemble_accuracies,
-                                   make_soup_metrics, run_soups, soup_stages,
-                                   stage_key)
-from fedround.ensembles import majority_vote, runoff_election
+from fedround.analysis.client_soups import (
+    ENSEMBLES, METHODS, client_logits, client_models, ensemble_accuracies,
+    make_soup_metrics, run_soups, soup_stages, stage_key)
+from fedround.analysis.ensembles import majority_vote, runoff_election
 from fedround.registry import ConfigError
 from fedround.rounds import make_evaluate
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedround.ensembles import majority_vote, runoff_election
+from fedround.analysis.ensembles import majority_vote, runoff_election
 
 
 def ballots(*per_model):

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from fedround import report
+from fedround.analysis import rankings, report
 from fedround.registry import ConfigError
 
 
@@ -59,7 +59,7 @@ def test_kemeny_is_the_brute_force_optimum(seed):
   rng = np.random.default_rng(seed)
   scores = random_table(rng)
   higher_is_better = bool(rng.integers(2))
-  assert report.kemeny(scores, higher_is_better) == brute_force_kemeny(
+  assert rankings.kemeny(scores, higher_is_better) == brute_force_kemeny(
       scores, higher_is_better)
 
 
@@ -69,12 +69,12 @@ def test_condorcet_winner_kemeny_first_borda_not():
   scores = {f'abc{i}': {'a': 3.0, 'b': 2.0, 'c': 1.0} for i in range(3)}
   scores.update({f'bca{i}': {'b': 3.0, 'c': 2.0, 'a': 1.0} for i in range(2)})
   # Borda: a 3 * 2 + 2 * 0 = 6, b 3 * 1 + 2 * 2 = 7, c 0 + 2 * 1 = 2.
-  assert report.borda(scores) == [('b', 7.0), ('a', 6.0), ('c', 2.0)]
+  assert rankings.borda(scores) == [('b', 7.0), ('a', 6.0), ('c', 2.0)]
   # a > b > c reverses b > a twice and c > a twice (distance 4; b > a > c
   # costs 3 + 2 = 5): a 4, b 2, c 2.
-  assert report.kemeny(scores) == [('a', 4.0), ('b', 2.0), ('c', 2.0)]
+  assert rankings.kemeny(scores) == [('a', 4.0), ('b', 2.0), ('c', 2.0)]
   # Lower is better reverses every task: so does the consensus.
-  assert [m for m, _ in report.kemeny(scores, higher_is_better=False)] == [
+  assert [m for m, _ in rankings.kemeny(scores, higher_is_better=False)] == [
       'c', 'b', 'a']
 
 
@@ -84,9 +84,9 @@ def test_kemeny_ties_missing_and_tie_breaking():
   cycle = {'t1': {'a': 3.0, 'b': 2.0, 'c': 1.0},
            't2': {'b': 3.0, 'c': 2.0, 'a': 1.0},
            't3': {'c': 3.0, 'a': 2.0, 'b': 1.0}}
-  assert report.kemeny(cycle) == [('a', 3.0), ('b', 2.0), ('c', 3.0)]
+  assert rankings.kemeny(cycle) == [('a', 3.0), ('b', 2.0), ('c', 3.0)]
   # Ties state nothing: all orders are free, so by name.
-  assert report.kemeny({'t': {'z': 1.0, 'y': 1.0, 'x': 1.0}}) == [
+  assert rankings.kemeny({'t': {'z': 1.0, 'y': 1.0, 'x': 1.0}}) == [
       ('x', 0.0), ('y', 0.0), ('z', 0.0)]
   # c is missing from t1 and NaN in t2: only t3 places it, above a. t1 and
   # t2 disagree on a vs b, so every order with c above a costs 1: c a b,
@@ -94,24 +94,24 @@ def test_kemeny_ties_missing_and_tie_breaking():
   scores = {'t1': {'a': 0.9, 'b': 0.5}, 't2': {'a': 0.1, 'b': 0.2,
                                               'c': math.nan},
             't3': {'c': 0.7, 'a': 0.6}}
-  assert report.kemeny(scores) == [('b', 1.0), ('c', 0.0), ('a', 1.0)]
-  assert report.kemeny({}) == []
+  assert rankings.kemeny(scores) == [('b', 1.0), ('c', 0.0), ('a', 1.0)]
+  assert rankings.kemeny({}) == []
 
 
 def test_kemeny_at_the_size_limit_and_beyond():
-  names = [f'method_{i:02d}' for i in range(report.MAX_KEMENY_METHODS + 1)]
+  names = [f'method_{i:02d}' for i in range(rankings.MAX_KEMENY_METHODS + 1)]
   # One task ranking the methods in reverse name order: that is the
   # consensus, with no disagreement.
   one_task = {'t': {m: float(i) for i, m in enumerate(names[:-1])}}
-  assert report.kemeny(one_task) == [(m, 0.0) for m in names[-2::-1]]
+  assert rankings.kemeny(one_task) == [(m, 0.0) for m in names[-2::-1]]
   one_task['t'][names[-1]] = 0.0
   with pytest.raises(ConfigError, match='kemeny ranks at most 16 methods '
                      'exactly, got 17; use borda'):
-    report.kemeny(one_task)
+    rankings.kemeny(one_task)
 
 
 def test_ranking_table_and_registry():
-  assert report.RANKINGS['kemeny'].rank is report.kemeny
+  assert report.RANKINGS['kemeny'].rank is rankings.kemeny
   groups = [report.Group(method, task, [], {'final_test_accuracy': score},
                          {'final_test_accuracy': math.nan})
             for task, by_method in {

@@ -14,7 +14,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from fedround import report
+from fedround.analysis import rankings, report
 from fedround.registry import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,14 +163,14 @@ def test_borda_unit():
             't2': {'a': 0.1, 'b': 0.3},  # c missing: 0 points
             't3': {'a': math.nan, 'b': 0.5, 'c': 0.7}}  # NaN: as missing
   # t1: a 2, b and c share (1 + 0) / 2; t2: b 1, a 0; t3: c 1, b 0.
-  assert report.borda(scores) == [('a', 2.0), ('b', 1.5), ('c', 1.5)]
+  assert rankings.borda(scores) == [('a', 2.0), ('b', 1.5), ('c', 1.5)]
   # t1: b and c share (2 + 1) / 2, a 0; t2: a 1, b 0; t3: b 1, c 0.
-  assert report.borda(scores, higher_is_better=False) == [
+  assert rankings.borda(scores, higher_is_better=False) == [
       ('b', 2.5), ('c', 1.5), ('a', 1.0)]
-  assert report.borda({'t': {'z': 1.0, 'y': 1.0, 'x': 1.0}}) == [
+  assert rankings.borda({'t': {'z': 1.0, 'y': 1.0, 'x': 1.0}}) == [
       ('x', 1.0), ('y', 1.0), ('z', 1.0)]
-  assert report.task_ranks(scores)['t1'] == {'a': 1, 'b': 2.5, 'c': 2.5}
-  assert report.RANKINGS['borda'].rank is report.borda
+  assert rankings.task_ranks(scores)['t1'] == {'a': 1, 'b': 2.5, 'c': 2.5}
+  assert report.RANKINGS['borda'].rank is rankings.borda
 
 
 @pytest.mark.parametrize('metric, expected', [
@@ -184,7 +184,7 @@ def test_borda_unit():
 def test_borda_on_sweep(sweep, metric, expected):
   groups = report.group_runs(report.load_runs(sweep), tasks=['data.alpha'])
   scores = report.ranking_scores(groups, metric)
-  assert report.borda(scores, report.METRICS[metric]) == expected
+  assert rankings.borda(scores, report.METRICS[metric]) == expected
 
 
 def test_ranking_md(reported):

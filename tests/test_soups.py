@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_trees_close
-from fedround.soups import greedy_soup, uniform_soup
+from fedround.analysis.soups import greedy_soup, uniform_soup
 
 
 def closeness(params):

@@ -25,10 +25,10 @@ from matplotlib.ticker import MaxNLocator
 
 from fedround import train
 from fedround.client import Broadcast, ClientData, ClientInput
-from fedround.ensembles import majority_vote, runoff_election
+from fedround.analysis.ensembles import majority_vote, runoff_election
 from fedround.registry import ConfigError
 from fedround.rounds import make_evaluate
-from fedround.soups import greedy_soup, uniform_soup
+from fedround.analysis.soups import greedy_soup, uniform_soup
 
 
 SOUP_STREAM = 0x534f55  # folded into the seed's key: the soups' client keys
