@@ -6,8 +6,10 @@ Every failure names the config field, what was wrong and the valid choices.
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import math
+import pkgutil
 from typing import Any, Callable
 
 
@@ -53,6 +55,15 @@ def parse_spec(spec: str, field: str) -> tuple[str, dict[str, Any]]:
     return node.func.id, kwargs
   raise ConfigError(f'{field}: spec {spec!r} must look like "name" or '
                     '"name(key=value, ...)" with keyword arguments only')
+
+
+def import_modules(package: str, path) -> None:
+  """Imports every module of ``package`` (its ``__name__`` and
+  ``__path__``), binding each as a name of the package, so that its
+  registry lists a part in one line, ``REGISTRY.register(name)(module.f)``,
+  and a new part is a new module plus that line."""
+  for module in pkgutil.iter_modules(path):
+    importlib.import_module(f'{package}.{module.name}')
 
 
 class Registry:

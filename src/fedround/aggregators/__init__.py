@@ -6,9 +6,11 @@ pre-aggregators and one final rule (see ``base.chain``).
 from __future__ import annotations
 
 from fedround.aggregators.base import Aggregator, PreAggregator, chain, stateless
-from fedround.aggregators import (fedau, fedce, fedlaw, flag, merging,
-                                  preaggregators, robust, voting, weighted)
-from fedround.registry import ConfigError, Registry, parse_spec
+from fedround.registry import ConfigError, Registry, import_modules, parse_spec
+
+# Binds fedau, fedce, fedlaw, flag, merging, preaggregators, robust, voting,
+# weighted and any new module of this package.
+import_modules(__name__, __path__)
 
 AGGREGATORS = Registry('aggregator')
 AGGREGATORS.register('weighted_mean')(weighted.weighted_mean)

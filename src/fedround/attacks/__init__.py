@@ -4,10 +4,12 @@ The contract (two hooks: ``poison`` the data, ``forge`` the messages) and
 who is Byzantine are in ``attacks.base``; each attack lives in its module
 and is registered here.
 """
-from fedround.attacks import noise, omniscient, poisoning, rankings
 from fedround.attacks.base import (Attack, byzantine_count, byzantine_mask,
                                    no_attack)
-from fedround.registry import Registry
+from fedround.registry import Registry, import_modules
+
+# Binds noise, omniscient, poisoning, rankings and any new module here.
+import_modules(__name__, __path__)
 
 ATTACKS = Registry('attack')
 ATTACKS.register('none')(no_attack)
