@@ -9,7 +9,7 @@ import pytest
 from fedround import attacks, train
 from fedround.aggregators import build_aggregator
 from fedround.config import base_config
-from fedround.messages import MESSAGES, positions
+from fedround.messages import MESSAGES, Payload, positions
 from fedround.rounds import make_rounds
 
 INITIAL = {'w': jnp.array([[0.4, -0.1], [0.7, 0.2]])}  # sorted: -.1 .2 .4 .7
@@ -209,8 +209,8 @@ def test_frl_round_sharded_equals_unsharded_and_traces_once(tmp_path,
      'reverse_ranking'),
     (dict(attack='reverse_ranking', message='identity',
           aggregator='median'),
-     "attacks on 'identity' messages: alie, gaussian, inf, ipm, label_flip, "
-     'mimic, nan, none, optimal_alie, optimal_ipm, sign_flip'),
+     "config.attack.name 'reverse_ranking' cannot forge 'identity' "
+     "messages; attacks on 'identity' messages: "),
     (dict(attack='alie', message='signs', aggregator='sign_majority'),
      "attacks on 'signs' messages: label_flip, mimic, none, sign_flip"),
     (dict(server='fedadam'),
@@ -230,3 +230,11 @@ def test_bad_combinations_fail_before_training(changes, expected):
     train.check(config)
   assert expected in str(error.value)
   assert '\n' not in str(error.value)
+  if changes.get('message') == 'identity' and 'attack' in changes:
+    # The registry's attacks on real numbers, whichever are registered.
+    listed = str(error.value).split(expected)[1].split(', ')
+    assert listed == sorted(name for name in attacks.ATTACKS.names() if
+                            Payload.REAL in attacks.ATTACKS.build(
+                                name, 'attack').forges)
+    assert {'alie', 'gaussian', 'inf', 'ipm', 'label_flip', 'mimic', 'nan',
+            'none', 'optimal_alie', 'optimal_ipm', 'sign_flip'} <= set(listed)
