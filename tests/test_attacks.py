@@ -53,6 +53,16 @@ def test_hand_computed_attack_vectors():
   assert attacks.omniscient.alie().poison(data, jnp.array([True, False]), 5) is data
 
 
+def test_boosting_scales_the_byzantine_clients_own_updates():
+  """The Byzantine rows 3 and 4 ([7, 7] and [9, 9]) times the boost."""
+  np.testing.assert_allclose(_attack('boosting'),
+                             10 * np.asarray(UPDATES['w'][3:]))
+  np.testing.assert_allclose(_attack('boosting', boost=-0.5),
+                             -0.5 * np.asarray(UPDATES['w'][3:]))
+  with pytest.raises(ConfigError, match='boost must be a number'):
+    attacks.ATTACKS.build("boosting(boost='x')", 'config.attack.name')
+
+
 def test_gaussian_draws_per_client():
   attack = attacks.noise.gaussian(mu=5.0, sigma=2.0)
   big = {'w': jnp.zeros((4, 20000))}

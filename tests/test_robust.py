@@ -13,7 +13,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import assert_trees_close
-from fedround.aggregators import robust
+from fedround.aggregators import build_aggregator, robust
+from fedround.registry import ConfigError
 from fedround.rounds import make_mesh
 
 ISSUE_CASE = np.array([[1.0, 2, 3], [4, 5, 6], [7, 8, 9]])
@@ -202,6 +203,27 @@ def test_monna_by_hand():
   np.testing.assert_allclose(
       aggregate(robust.monna(2, trusted=0), LINE, [0, 1, 1, 1, 1]), [2],
       rtol=1e-6)
+
+
+def test_smallest_norms_mean_by_hand():
+  """Norms 3, 1, 2, 0.5 (the last absent): k = 2 keeps rows 1 and 2; the
+  default (half the present, rounded up) keeps 2 of 3, then 2 of 4; k
+  beyond the present keeps them all."""
+  updates = {'w': jnp.array([[3.0, 0], [1, 0], [0, 2], [0.5, 0]])}
+  absent_last = jnp.array([1.0, 1, 1, 0])
+  rule = lambda **hyper: build_aggregator(
+      'smallest_norms' + (f'(k={hyper["k"]})' if hyper else ''),
+      num_clients=4)
+  mean = lambda rule, w: np.asarray(rule.update(updates, (), weights=w)[0]['w'])
+  np.testing.assert_allclose(mean(rule(k=2), absent_last), [0.5, 1])
+  np.testing.assert_allclose(mean(rule(), absent_last), [0.5, 1])
+  np.testing.assert_allclose(mean(rule(), jnp.ones(4)), [0.75, 0])
+  np.testing.assert_allclose(mean(rule(k=4), absent_last), [4 / 3, 2 / 3],
+                             rtol=1e-6)
+  for spec, message in (('smallest_norms(k=0)', 'integer >= 1'),
+                        ('smallest_norms(k=5)', 'more updates than the 4')):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+      build_aggregator(spec, num_clients=4)
 
 
 def test_geometric_median_of_symmetric_points():
