@@ -140,6 +140,29 @@ def test_no_good_step_stops_with_one_line_naming_the_folder(trained,
   assert sorted(os.listdir(workdir / SET_ASIDE)) == ['2', '4']
 
 
+def test_a_checkpoint_of_another_layout_is_refused_in_one_line(trained,
+                                                              tmp_path):
+  """Steps saved as fedround saved them before the per-client store left
+  the server state (the state alone, no {'server', 'clients'}) are set
+  aside, and the run stops with one line saying why."""
+  workdir = _copy(trained, tmp_path)
+  checkpointer = ocp.StandardCheckpointer()
+  for step in ('2', '4'):
+    step_dir = workdir / 'checkpoints' / step
+    item = next(p for p in os.listdir(step_dir)
+                if os.path.isdir(step_dir / p))
+    state = checkpointer.restore(step_dir / item)
+    shutil.rmtree(step_dir / item)
+    checkpointer.save(step_dir / item, state['server'])
+    checkpointer.wait_until_finished()
+  with pytest.raises(RunError) as error:
+    train.run(tiny_digits(6), str(workdir))
+  message = str(error.value)
+  assert '\n' not in message and 'laid out otherwise' in message
+  assert message.startswith(f'no checkpoint in {workdir / "checkpoints"}')
+  assert sorted(os.listdir(workdir / SET_ASIDE)) == ['2', '4']
+
+
 def test_a_non_finite_state_is_never_saved(tmp_path):
   """The Checkpoints layer refuses to save a NaN state over a good one."""
   from fedround.workdir import Checkpoints

@@ -91,7 +91,8 @@ def _leaves_problem(restored, expected) -> str | None:
   """Why ``restored`` cannot stand for ``expected`` (a state of the right
   structure), or None."""
   if jax.tree.structure(restored) != jax.tree.structure(expected):
-    return 'its structure differs from this run\'s state'
+    return ('its structure differs from this run\'s state (saved by '
+            'another version of fedround or another config)')
   for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(
       restored)[0], jax.tree.leaves(expected)):
     name = jax.tree_util.keystr(path)
@@ -195,8 +196,9 @@ def restore_newest_good(checkpoints: list[Checkpoints], states: list):
   if damaged and not step:
     raise RunError(
         f'no checkpoint in {", ".join(c.directory for c in checkpoints)} '
-        f'could be restored (damaged ones are in {SET_ASIDE}/); move the '
-        'workdir away to start over')
+        'could be restored (each was damaged, or holds a state laid out '
+        'otherwise, as an older fedround saved it; they are in '
+        f'{SET_ASIDE}/); move the workdir away to start over')
   for c in checkpoints:
     for later in [s for s in c.steps() if s > step]:
       c.set_aside(later, f'the run resumes from round {step}')
