@@ -246,3 +246,43 @@ def test_bad_paths_fail_in_one_line(case, expected, tmp_path):
   line = _error_line(_train_cli(workdir, '--config.rounds=2', config=config))
   assert expected in line
   assert line.count('\n') == 0
+
+
+def _events(directory):
+  """Every event in the TensorBoard files of ``directory``, oldest file
+  first, read from their TFRecord framing (length, crc, event, crc)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  events = []
+  for name in sorted(os.listdir(directory)):
+    data = (directory / name).read_bytes()
+    offset = 0
+    while offset < len(data):
+      length, = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[offset + 12:offset + 12 + length])
+      events.append(event)
+      offset += 12 + length + 4
+  return events
+
+
+def test_metrics_go_to_tensorboard_too_and_a_resume_purges_later_rounds(
+    tmp_path):
+  """Every metric of every round is a TensorBoard scalar equal to its
+  metrics.jsonl value; the resumed run's events start by purging the
+  rounds after the checkpoint it resumed from."""
+  train.run(tiny_digits(2), str(tmp_path))
+  train.run(tiny_digits(4), str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  events = _events(tmp_path / 'tensorboard')
+  scalars = {(value.tag, event.step): value.simple_value
+             for event in events for value in event.summary.value}
+  for row in rows:
+    for name, value in row.items():
+      if name != 'round':
+        np.testing.assert_allclose(scalars[name, row['round']], value,
+                                   rtol=1e-6, err_msg=name)
+  assert {step for _, step in scalars} == {1, 2, 3, 4}
+  purges = [event.step for event in events
+            if event.session_log.status == event.session_log.START]
+  assert purges == [3]

@@ -340,7 +340,9 @@ def _read_metrics(path: str, up_to_round: int) -> list[dict]:
 
 
 class _RunLog:
-  """One run's workdir: its checkpoints, metrics file and best accuracy."""
+  """One run's workdir: its checkpoints, metrics (JSON lines in
+  metrics.jsonl and TensorBoard events in tensorboard/) and best
+  accuracy."""
 
   def __init__(self, config, workdir):
     self.config = config
@@ -372,13 +374,25 @@ class _RunLog:
     self.watch = Watch(self.config.loss_explosion, self.config.halt_after,
                        history)
     self.log = open(self.metrics_path, 'a')
+    # Rounds past ``start`` that an interrupted run logged are purged from
+    # TensorBoard's view, as they are dropped from metrics.jsonl.
+    import tensorboardX  # pylint: disable=import-outside-toplevel
+    self.events = tensorboardX.SummaryWriter(
+        os.path.join(self.workdir, 'tensorboard'),
+        purge_step=start + 1 if start else None)
 
   def write(self, rows: list[dict]):
     self.log.writelines(json.dumps(r) + '\n' for r in rows)
     self.log.flush()
+    for row in rows:
+      for name, value in row.items():
+        if name != 'round':
+          self.events.add_scalar(name, value, row['round'])
+    self.events.flush()
 
   def close(self):
     self.log.close()
+    self.events.close()
     self.checkpoints.close()
 
 
