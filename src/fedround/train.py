@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -377,9 +377,12 @@ class _RunLog:
     # Rounds past ``start`` that an interrupted run logged are purged from
     # TensorBoard's view, as they are dropped from metrics.jsonl.
     import tensorboardX  # pylint: disable=import-outside-toplevel
+    # Named by the round it starts from too: the file name's time is in
+    # seconds, and a resume within the second would replace the file.
     self.events = tensorboardX.SummaryWriter(
         os.path.join(self.workdir, 'tensorboard'),
-        purge_step=start + 1 if start else None)
+        purge_step=start + 1 if start else None,
+        filename_suffix=f'.from_round_{start}')
 
   def write(self, rows: list[dict]):
     self.log.writelines(json.dumps(r) + '\n' for r in rows)
@@ -442,6 +445,43 @@ def run_replicas(configs: list[ml_collections.ConfigDict],
     return _train(experiment, configs, workdirs, replicas=True)
 
 
+class Chunk(NamedTuple):
+  """What the periodic actions see after a chunk of rounds."""
+  round: int            # rounds completed
+  active: int           # rounds this chunk trained
+  state: ServerState
+  store: Any
+  metrics: dict         # per-round metrics, [active(, replicas)] each
+  train_seconds: float  # the run's training time so far
+
+
+class Periodic(NamedTuple):
+  """``action(chunk)`` after each chunk that ends on a multiple of
+  ``every`` rounds, and after the last."""
+  every: int
+  action: Callable[[Chunk], None]
+
+
+def _loop(compiled, state, store, data, start: int, rounds: int,
+          chunk: int, actions: list[Periodic]):
+  """Calls ``compiled`` (chunk rounds a call) from round ``start`` to
+  ``rounds``, and after each call the actions that are due, in order.
+  Returns the state, the store, the rounds trained and the seconds."""
+  round_, train_seconds = start, 0.0
+  while round_ < rounds:
+    active = min(chunk, rounds - round_)
+    t0 = time.perf_counter()
+    state, store, metrics = compiled(state, store, data, jnp.int32(active))
+    metrics = jax.device_get(metrics)
+    train_seconds += time.perf_counter() - t0
+    round_ += active
+    done = Chunk(round_, active, state, store, metrics, train_seconds)
+    for periodic in actions:
+      if round_ % periodic.every == 0 or round_ == rounds:
+        periodic.action(done)
+  return state, store, round_, train_seconds
+
+
 def _train(experiment: Experiment, configs, workdirs,
            replicas: bool) -> list[RunResult]:
   config = configs[0]
@@ -494,29 +534,27 @@ def _train(experiment: Experiment, configs, workdirs,
   compile_seconds = time.perf_counter() - t0
   bar = tqdm.tqdm(total=config.rounds, initial=start, unit='round',
                   disable=not config.progress, dynamic_ncols=True, leave=None)
-  train_seconds, round_ = 0.0, start
-  while round_ < config.rounds:
-    active = min(chunk, config.rounds - round_)
-    t0 = time.perf_counter()
-    state, store, metrics = compiled(state, store, data, jnp.int32(active))
-    metrics = jax.device_get(metrics)
-    train_seconds += time.perf_counter() - t0
-    round_ += active
-    evaluated = round_ % config.eval_every == 0 or round_ == config.rounds
-    if evaluated:
-      scores = {'test': evaluate(state.params, data.test_x, data.test_y)}
-      if config.eval_train:
-        scores['global_train'] = evaluate_clients(state.params, data.x,
-                                                  data.y, data.n)
-      scores = jax.device_get(scores)
+  scores = {}  # the last evaluation, until the logging action writes it
+
+  def evaluate_model(done: Chunk):
+    scores['test'] = evaluate(done.state.params, data.test_x, data.test_y)
+    if config.eval_train:
+      scores['global_train'] = evaluate_clients(done.state.params, data.x,
+                                                data.y, data.n)
+
+  def log_rounds(done: Chunk):
+    """One metrics row per round and replica, the evaluation on the last;
+    the divergence watch sees every row."""
+    evaluated = jax.device_get(scores)
+    scores.clear()
     for r, log in enumerate(logs):
-      rows = [{'round': round_ - active + i + 1,
-               **{k: float(unstack(v[i], r)) for k, v in metrics.items()}}
-              for i in range(active)]
+      rows = [{'round': done.round - done.active + i + 1,
+               **{k: float(unstack(v[i], r)) for k, v in done.metrics.items()}}
+              for i in range(done.active)]
       if evaluated:
         log.last_eval = {
             f'{split}_{name}': float(unstack(value, r))
-            for split, values in scores.items()
+            for split, values in evaluated.items()
             for name, value in zip(('loss', 'accuracy'), values)}
         rows[-1].update(log.last_eval)
         log.best = np.nanmax([log.best, log.last_eval['test_accuracy']])
@@ -526,18 +564,26 @@ def _train(experiment: Experiment, configs, workdirs,
           logging.warning('%s: round %d: %s', log.workdir, row['round'],
                           log.watch.reason)
       log.write(rows)
+
+  def checkpoint(done: Chunk):
+    for r, log in enumerate(logs):
       # A streak of unhealthy rounds is not saved over the last good step.
-      if log.watch.streak == 0 and (round_ % config.checkpoint_every == 0
-                                    or round_ == config.rounds):
-        log.checkpoints.save(round_, {'server': unstack(state, r),
-                                      'clients': unstack(store, r)})
-    bar.update(active)
+      if log.watch.streak == 0:
+        log.checkpoints.save(done.round, {'server': unstack(done.state, r),
+                                          'clients': unstack(done.store, r)})
+
+  def show_progress(done: Chunk):
+    bar.update(done.active)
     warnings = sorted({l.watch.reason for l in logs if l.watch.streak})
+    accuracy = np.mean([l.last_eval.get('test_accuracy', np.nan)
+                        for l in logs])
     bar.set_postfix(
-        loss=f'{np.mean(metrics["train_loss"][-1]):.4f}',
-        acc=f'{np.mean([l.last_eval.get("test_accuracy", np.nan) for l in logs]):.4f}',
-        rps=f'{(round_ - start) / max(train_seconds, 1e-9):.1f}',
+        loss=f'{np.mean(done.metrics["train_loss"][-1]):.4f}',
+        acc=f'{accuracy:.4f}',
+        rps=f'{(done.round - start) / max(done.train_seconds, 1e-9):.1f}',
         **({'warn': '; '.join(warnings)} if warnings else {}))
+
+  def halt(done: Chunk):
     halted = [log for log in logs if log.watch.halted]
     if halted:
       bar.close()
@@ -551,6 +597,14 @@ def _train(experiment: Experiment, configs, workdirs,
           f'(config.halt_after={config.halt_after}); '
           + (f'the last good checkpoint, round {kept}, is kept'
              if kept else 'no round was good enough to checkpoint'))
+
+  state, store, round_, train_seconds = _loop(
+      compiled, state, store, data, start, config.rounds, chunk, [
+          Periodic(config.eval_every, evaluate_model),
+          Periodic(1, log_rounds),
+          Periodic(config.checkpoint_every, checkpoint),
+          Periodic(1, show_progress),
+          Periodic(1, halt)])
   bar.close()
 
   results = []
