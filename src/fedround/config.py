@@ -1,16 +1,16 @@
 """The base experiment config and variant strings.
 
 Every experiment file starts from ``base_config()`` and sets what differs;
-``run`` validates the result, so a typo fails with the valid field names.
+``fedround.validate`` checks the result before any training, so a typo
+fails with the valid field names.
 """
 from __future__ import annotations
 
 import ast
-import difflib
 
 import ml_collections
 
-from fedround.registry import ConfigError, non_finite
+from fedround.registry import ConfigError
 
 
 # config.data keys that are not the data set's own: a server proxy set
@@ -81,76 +81,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.shard = True  # shard the client axis when there is more than one device
   c.progress = True
   return c
-
-
-def _check_fields(config, reference, path):
-  for key in config.keys():
-    if key not in reference:
-      close = difflib.get_close_matches(key, list(reference.keys()), n=1)
-      hint = f' (did you mean {close[0]!r}?)' if close else ''
-      raise ConfigError(
-          f'{path}.{key}: unknown config field{hint}; valid fields: '
-          f'{", ".join(sorted(reference.keys()))}')
-    if isinstance(reference[key], ml_collections.ConfigDict) and key != 'data':
-      _check_fields(config[key], reference[key], f'{path}.{key}')
-
-
-def _check_finite(node, path):
-  for key, value in node.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      _check_finite(value, f'{path}.{key}')
-    elif non_finite(value):
-      raise ConfigError(f'{path}.{key} must be finite, got {value!r}')
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Fails on fields the base config does not know and on bad numbers."""
-  _check_fields(config, base_config(), 'config')
-  _check_finite(config, 'config')
-  if 'name' not in config.data:
-    raise ConfigError('config.data.name: missing; name a data set')
-  for field in ('rounds', 'clients_per_round', 'eval_every',
-                'checkpoint_every', 'keep_checkpoints', 'halt_after'):
-    value = config[field]
-    if not isinstance(value, int) or value < 1:
-      raise ConfigError(f'config.{field} must be a positive integer, got '
-                        f'{value!r}')
-  for field in ('client', 'server'):
-    value = config[field].learning_rate
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        value > 0):
-      raise ConfigError(f'config.{field}.learning_rate must be a number > 0, '
-                        f'got {value!r}')
-  value = config.loss_explosion
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-      value > 1):
-    raise ConfigError(f'config.loss_explosion must be a number > 1, got '
-                      f'{value!r}')
-  for split in DATA_SPLITS:
-    value = config.data.get(split, 0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        not 0 <= value < 1):
-      raise ConfigError(f'config.data.{split} must be a number in [0, 1), '
-                        f'got {value!r}')
-  fraction, ids = config.attack.fraction, config.attack.ids
-  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or (
-      not 0 <= fraction < 1):
-    raise ConfigError('config.attack.fraction must be a number in [0, 1), '
-                      f'got {fraction!r}')
-  if not isinstance(ids, (tuple, list)) or not all(
-      isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-    raise ConfigError('config.attack.ids must be a tuple of client ids >= 0, '
-                      f'got {ids!r}')
-  share = config.attack.redraw_share
-  if isinstance(share, bool) or not isinstance(share, (int, float)) or (
-      not 0 <= share <= 1):
-    raise ConfigError('config.attack.redraw_share must be a number in [0, 1] '
-                      f'(0: never redraw a cohort), got {share!r}')
-  if ids and fraction:
-    raise ConfigError('config.attack: set either fraction or ids, not both; '
-                      f'got fraction={fraction!r}, ids={tuple(ids)!r}')
-  if len(set(ids)) != len(ids):
-    raise ConfigError(f'config.attack.ids has repeated clients: {tuple(ids)}')
 
 
 def parse_variant(arg: str | None, **defaults):

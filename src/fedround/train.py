@@ -24,10 +24,11 @@ import tqdm
 from absl import logging
 
 from fedround import config as config_lib
+from fedround import validate
 from fedround.aggregators import build_aggregator
 from fedround.aggregators.base import Aggregate
 from fedround.attacks import ATTACKS
-from fedround.client import Client, ClientOutput, make_client
+from fedround.client import Client, make_client
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_store
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
 from fedround.divergence import Watch
@@ -147,7 +148,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """``config`` with an empty ``aggregator`` set to the client algorithm's
   own (ClientAlgorithm.aggregator, its paper's rule); a copy when it
   changes, so the caller's config stays as written."""
-  config_lib.validate(config)
+  validate.fields(config)
   if config.aggregator:
     return config
   algorithm = CLIENT_ALGORITHMS.build(config.client.algorithm,
@@ -174,8 +175,6 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
       proxy=None if data.proxy_y is None else (data.proxy_x, data.proxy_y),
       validation=None if data.val_n is None else (data.val_x, data.val_y,
                                                   data.val_n))
-  if ClientOutput.FISHER in aggregator.reads.outputs:
-    _check_probabilistic(config, model, data)
   client = make_client(model.apply,
                        build_optimizer(config.client.optimizer,
                                        'config.client.optimizer'),
@@ -196,69 +195,13 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
                    optimizer_step(build_optimizer(
                        config.server.optimizer, 'config.server.optimizer')))
   attack = ATTACKS.build(config.attack.name, 'config.attack.name')
-  if any(i >= data.num_clients for i in config.attack.ids):
-    raise ConfigError(f'config.attack.ids: {tuple(config.attack.ids)} names '
-                      f'clients beyond the federation; valid ids: 0..'
-                      f'{data.num_clients - 1}')
   schedules = [build_schedule(config[side].schedule,
                               f'config.{side}.schedule')
                for side in ('client', 'server')]
   message = MESSAGES.build(config.client.message, 'config.client.message')
-  _check_message(config, message, aggregator, attack, model, data)
+  validate.parts(config, data, model, aggregator, attack, message)
   return _Parts(data, participation, model, client, aggregator,
                 server_update, attack, *schedules, message)
-
-
-def _check_message(config, message, aggregator, attack, model, data) -> None:
-  """The message's payload must be one the rule reads and the attack
-  forges, and the model one it can be sent from; a rule whose aggregate is
-  the model leaves no step for a server optimizer."""
-  kind = message.kind
-  if message.carries not in aggregator.reads.payloads:
-    readable = [name for name in MESSAGES.names() if MESSAGES.build(
-        name, 'config.client.message').carries in aggregator.reads.payloads]
-    raise ConfigError(
-        f'config.client.message {kind!r} cannot feed config.aggregator '
-        f'{config.aggregator!r}, which reads: '
-        f'{", ".join(readable) or "no kind all its parts share"}')
-  if message.carries not in attack.forges:
-    valid = [name for name in ATTACKS.names() if message.carries in
-             ATTACKS.build(name, 'config.attack.name').forges]
-    raise ConfigError(
-        f'config.attack.name {config.attack.name!r} cannot forge {kind!r} '
-        f'messages; attacks on {kind!r} messages: {", ".join(valid)}')
-  x = jax.ShapeDtypeStruct((1,) + data.x.shape[2:], jnp.float32)
-  problem = message.check(
-      jax.eval_shape(model.init, jax.random.PRNGKey(0), x),
-      f'config.model {config.model!r}')
-  if problem:
-    supermasks = [name for name in MODELS.names()
-                  if name.startswith('supermask')]
-    raise ConfigError(f'config.client.message {kind!r} {problem}; supermask '
-                      f'models: {", ".join(supermasks)}')
-  server = config.server
-  if aggregator.output is Aggregate.MODEL and (
-      server.optimizer, server.learning_rate,
-      server.schedule) != ('sgd', 1, 'constant'):
-    raise ConfigError(
-        f'config.server: config.aggregator {config.aggregator!r} sets the '
-        'global model itself, so no server optimizer runs; leave '
-        "optimizer='sgd', learning_rate=1.0, schedule='constant' (got "
-        f'{server.optimizer!r}, {server.learning_rate!r}, '
-        f'{server.schedule!r})')
-
-
-def _check_probabilistic(config, model, data) -> None:
-  """The Fisher of p(y|x) needs logits over the classes, one row each."""
-  x = jax.ShapeDtypeStruct((2,) + data.x.shape[2:], jnp.float32)
-  shape = jax.eval_shape(
-      lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x), x).shape
-  if shape != (2, data.num_classes):
-    raise ConfigError(
-        f'config.aggregator {config.aggregator!r} needs each client\'s '
-        'Fisher information of p(y|x), so the model must output logits '
-        f'[batch, {data.num_classes} classes]; config.model '
-        f'{config.model!r} outputs {shape} for a batch of 2')
 
 
 def check(config: ml_collections.ConfigDict) -> None:
