@@ -3,6 +3,7 @@ properties every rule owes (permutation invariance, translation
 equivariance, absent clients ignored, bounded by the honest updates under
 attack, jit, vmap and a client-sharded stack)."""
 import functools
+import inspect
 import itertools
 import re
 
@@ -13,7 +14,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import assert_trees_close
-from fedround.aggregators import build_aggregator, robust
+from fedround.aggregators import AGGREGATORS, build_aggregator, robust
 from fedround.registry import ConfigError
 from fedround.rounds import make_mesh
 
@@ -22,25 +23,23 @@ LINE = np.array([[0.0], [1], [3], [7], [20]])
 NUM_CLIENTS, F = 16, 3  # every rule is defined here, Bulyan needs >= 15
 
 
+# The settings a rule is tested at besides f = F; the rules themselves come
+# from the registry (every rule of aggregators/robust.py).
+SETTINGS = {'centered_clipping': {'tau': 0.5}}
+RULES = [name for name in AGGREGATORS.names()
+         if AGGREGATORS.get(name, 'aggregator').__module__ == robust.__name__]
+
+
 @functools.cache
 def build(name, trusted=0):
-  """The rule ``name`` at C = 16, f = 3 (``trusted`` is MoNNA's slot)."""
-  return {
-      'median': lambda: robust.median(),
-      'trimmed_mean': lambda: robust.trimmed_mean(F),
-      'meamed': lambda: robust.meamed(F),
-      'krum': lambda: robust.krum(F),
-      'multi_krum': lambda: robust.multi_krum(F),
-      'geometric_median': lambda: robust.geometric_median(),
-      'centered_clipping': lambda: robust.centered_clipping(tau=0.5),
-      'bulyan': lambda: robust.bulyan(F),
-      'mda': lambda: robust.mda(F),
-      'monna': lambda: robust.monna(F, trusted=trusted),
-  }[name]()
-
-
-RULES = ['median', 'trimmed_mean', 'meamed', 'krum', 'multi_krum',
-         'geometric_median', 'centered_clipping', 'bulyan', 'mda', 'monna']
+  """The registered rule ``name`` at C = 16, f = 3 (``trusted`` is MoNNA's
+  slot)."""
+  factory = AGGREGATORS.get(name, 'aggregator')
+  parameters = inspect.signature(factory).parameters
+  kwargs = {**({'f': F} if 'f' in parameters else {}),
+            **({'trusted': trusted} if 'trusted' in parameters else {}),
+            **SETTINGS.get(name, {})}
+  return factory(**kwargs)
 
 
 def apply(rule, updates, weights=None, state=None):

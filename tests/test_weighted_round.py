@@ -10,23 +10,25 @@ import pytest
 import fedavg_digits
 from conftest import assert_trees_close
 from fedround import train
+from fedround.aggregators import AGGREGATORS
 from fedround.models import MODELS
 from fedround.registry import ConfigError
 from fedround.rounds import make_rounds
 
-# rule -> the config it needs besides the tiny digits federation
-RULES = {
-    'fedau': {},
-    'fedau(cutoff=2)': {},
-    'average_participating': {},
-    'average_all': {},
-    'inverse_probability': {},
-    'fedlaw(steps=3)': {'data.proxy_fraction': 0.05},
-    'fedce': {'data.validation_fraction': 0.2},
-    'fisher_merging': {},
-    'variance_corrected': {},
-    'fedld': {'client.loss': 'fedld_margin(lam=0.03)'},
-}
+# The weighted family and model merging, from the registry: every rule of
+# these modules, at the spec and with the config it needs besides the tiny
+# digits federation; VARIANTS adds other settings of a rule.
+FAMILY = ('fedau', 'fedlaw', 'fedce', 'merging')
+SPECS = {'fedlaw': 'fedlaw(steps=3)'}
+NEEDS = {'fedlaw': {'data.proxy_fraction': 0.05},
+         'fedce': {'data.validation_fraction': 0.2},
+         'fedld': {'client.loss': 'fedld_margin(lam=0.03)'}}
+VARIANTS = {'fedau(cutoff=2)': {}}
+RULES = {**{SPECS.get(name, name): NEEDS.get(name, {})
+            for name in AGGREGATORS.names()
+            if AGGREGATORS.get(name, 'aggregator').__module__ in {
+                f'fedround.aggregators.{module}' for module in FAMILY}},
+         **VARIANTS}
 
 
 def _tiny(aggregator='weighted_mean', **overrides):
