@@ -243,12 +243,35 @@ def make_round(*, client: Client, aggregator: Aggregator,
         zero_absent(message.decode(messages), usable), state.agg_state,
         state.params, weights=weights, key=cohort.rule_key, context=context)
 
+  def train_stage(state, store, cohort, training_data, learning_rate):
+    """The cohort's local training from the global model, each client with
+    its row of the store; also returns those rows as they were."""
+    own_before = jax.tree.map(lambda x: x[cohort.ids], store)
+    results = train_cohort(
+        Broadcast(state.params, learning_rate, state.shared, training_data),
+        ClientInput(cohort.ids, cohort.keys, own_before))
+    return results, own_before, dict(
+        client_learning_rate=learning_rate,
+        idle_step_fraction=_idle_fraction(results.steps, cohort.present))
+
+  def uplink_stage(results, state):
+    """Each client's message, and whether all it sent is finite."""
+    messages = message.encode(results.delta, state.params)
+    finite = _tree_all_finite((results.delta, results.extras, results.own))
+    bits = message.bits(state.params)
+    # What one client sends, and that over its delta as float32.
+    return messages, finite, dict(
+        uplink_bits=jnp.float32(bits),
+        uplink_ratio_vs_float32=jnp.float32(bits / float32_bits(
+            state.params)))
+
   def forge_stage(messages, finite, byzantine, results, cohort, state,
                   context):
     """The Byzantine clients' messages replaced by the attack's; the
     forged ones are screened again."""
+    metrics = dict(byzantine=jnp.sum(byzantine))
     if not attacked:
-      return messages, finite
+      return messages, finite, metrics
     honest = cohort.present & ~byzantine & finite
 
     def probe(stack):  # the server's view, for attacks that search
@@ -260,7 +283,49 @@ def make_round(*, client: Client, aggregator: Aggregator,
         zero_absent(messages, honest | byzantine), byzantine=byzantine,
         honest=honest, key=jax.random.fold_in(cohort.rule_key, 1),
         aggregate=probe))
-    return messages, jnp.where(byzantine, _tree_all_finite(messages), finite)
+    return (messages, jnp.where(byzantine, _tree_all_finite(messages),
+                                finite), metrics)
+
+  def screen_stage(cohort, finite, byzantine, results):
+    """The clients the rule may use: present, with finite messages."""
+    usable = cohort.present & finite
+    trained = usable & ~byzantine  # the honest clients' own training loss
+    return usable, dict(
+        participants=jnp.sum(cohort.present),
+        nonfinite_excluded=jnp.sum(cohort.present & ~finite),
+        # NaN in a round where nobody trained (a cyclic lull), not 0.
+        train_loss=jnp.where(jnp.any(trained), jnp.sum(
+            jnp.where(trained, results.loss, 0)) / jnp.maximum(
+                jnp.sum(trained), 1), jnp.nan))
+
+  def server_stage(state, aggregate, agg_state, learning_rate):
+    """The server update; a non-finite step or model is refused: the
+    server keeps its model, optimizer and rule state (and the clients
+    their store)."""
+    params, opt_state, step = server_update.update(
+        aggregate, state.opt_state, state.params, learning_rate)
+    accepted = all_finite((step, params))
+    params, opt_state, agg_state = jax.tree.map(
+        lambda new, old: jnp.where(accepted, new, old),
+        (params, opt_state, agg_state),
+        (state.params, state.opt_state, state.agg_state))
+    return params, opt_state, agg_state, step, accepted, dict(
+        server_learning_rate=learning_rate,
+        update_norm=optax.tree.norm(step),
+        aggregate_refused=(~accepted).astype(jnp.int32),
+        **_rule_diagnostics(agg_state))
+
+  def store_stage(store, shared, cohort, stored, own_before, results, step,
+                  learning_rate, population):
+    """The stored clients' new rows scattered back, kept split over the
+    mesh as ``place`` put it, and the algorithm's server-side state."""
+    store = _update_store(store, cohort.ids, stored, results.own, population)
+    sharding = store_sharding(mesh, population)
+    if sharding is not None:
+      store = jax.lax.with_sharding_constraint(store, sharding)
+    shared = _update_shared(algorithm, shared, stored, own_before, results,
+                            step, learning_rate, population)
+    return store, shared
 
   def round_fn(state: ServerState, store, data: FederatedData, active=True):
     """One round; with ``active`` False (a traced bool) the per-client
@@ -276,65 +341,28 @@ def make_round(*, client: Client, aggregator: Aggregator,
                             * client_schedule(state.round))
     server_learning_rate = (state.hparams['server_learning_rate']
                             * server_schedule(state.round))
-    own_before = jax.tree.map(lambda x: x[cohort.ids], store)
-    results = train_cohort(
-        Broadcast(state.params, client_learning_rate, state.shared,
-                  training_data),
-        ClientInput(cohort.ids, cohort.keys, own_before))
-    messages = message.encode(results.delta, state.params)
-    finite = _tree_all_finite((results.delta, results.extras, results.own))
+    results, own_before, trained = train_stage(
+        state, store, cohort, training_data, client_learning_rate)
+    messages, finite, uplink = uplink_stage(results, state)
     # What every rule may read besides the stack (see aggregators.base).
     context = RoundContext(
         client_ids=jnp.where(cohort.present, cohort.ids, -1),
         round=state.round,
         **zero_absent(results.extras, cohort.present & finite))
     byzantine = cohort.present & is_byzantine[cohort.ids]
-    messages, finite = forge_stage(messages, finite, byzantine, results,
-                                   cohort, state, context)
-    usable = cohort.present & finite
+    messages, finite, forged = forge_stage(messages, finite, byzantine,
+                                           results, cohort, state, context)
+    usable, screened = screen_stage(cohort, finite, byzantine, results)
     aggregate, agg_state = aggregate_stage(messages, usable, results, cohort,
                                            state, context)
-    params, opt_state, step = server_update.update(
-        aggregate, state.opt_state, state.params, server_learning_rate)
-    # A non-finite step or model is refused: the server keeps its model,
-    # optimizer and rule state, and the clients their store.
-    accepted = all_finite((step, params))
-    params, opt_state, agg_state = jax.tree.map(
-        lambda new, old: jnp.where(accepted, new, old),
-        (params, opt_state, agg_state),
-        (state.params, state.opt_state, state.agg_state))
-    stored = usable & active & accepted
-    store = _update_store(store, cohort.ids, stored, results.own,
-                          data.num_clients)
-    sharding = store_sharding(mesh, data.num_clients)
-    if sharding is not None:  # keep the store split as ``place`` put it
-      store = jax.lax.with_sharding_constraint(store, sharding)
-    shared = _update_shared(algorithm, state.shared, stored, own_before,
-                            results, step, client_learning_rate,
-                            data.num_clients)
-    uplink_bits = message.bits(state.params)
-    trained = usable & ~byzantine  # the honest clients' own training loss
-    present = cohort.present
-    metrics = dict(
-        # NaN in a round where nobody trained (a cyclic lull), not 0.
-        train_loss=jnp.where(jnp.any(trained), jnp.sum(
-            jnp.where(trained, results.loss, 0)) / jnp.maximum(
-                jnp.sum(trained), 1), jnp.nan),
-        update_norm=optax.tree.norm(step),
-        participants=jnp.sum(present),
-        client_learning_rate=client_learning_rate,
-        server_learning_rate=server_learning_rate,
-        nonfinite_excluded=jnp.sum(present & ~finite),
-        aggregate_refused=(~accepted).astype(jnp.int32),
-        byzantine=jnp.sum(byzantine),
-        idle_step_fraction=_idle_fraction(results.steps, present),
-        # What one client sends, and that over its delta as float32.
-        uplink_bits=jnp.float32(uplink_bits),
-        uplink_ratio_vs_float32=jnp.float32(
-            uplink_bits / float32_bits(state.params)),
-        **_rule_diagnostics(agg_state),
-        **(dict(cohort_redraws=cohort.redraws) if redraw_share else {}),
-    )
+    params, opt_state, agg_state, step, accepted, served = server_stage(
+        state, aggregate, agg_state, server_learning_rate)
+    store, shared = store_stage(
+        store, state.shared, cohort, usable & active & accepted, own_before,
+        results, step, client_learning_rate, data.num_clients)
+    metrics = {**screened, **trained, **uplink, **forged, **served,
+               **(dict(cohort_redraws=cohort.redraws) if redraw_share
+                  else {})}
     new_state = state.replace(round=state.round + 1, params=params,
                               opt_state=opt_state, agg_state=agg_state,
                               shared=shared,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging as std_logging
 import math
 import os
 import sys
@@ -320,6 +321,9 @@ class _RunLog:
     # Rounds past ``start`` that an interrupted run logged are purged from
     # TensorBoard's view, as they are dropped from metrics.jsonl.
     import tensorboardX  # pylint: disable=import-outside-toplevel
+    # A NaN metric (a round nobody trained in) is written as NaN, without
+    # tensorboardX's warning for each one.
+    std_logging.getLogger('tensorboardX.x2num').setLevel(std_logging.ERROR)
     # Named by the round it starts from too: the file name's time is in
     # seconds, and a resume within the second would replace the file.
     self.events = tensorboardX.SummaryWriter(
