@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import assert_trees_close
-from fedround.aggregators import merging
+from fedround.aggregators import AGGREGATORS, merging
 from fedround.fisher import diagonal_fisher
 from fedround.losses import margin_loss
 from fedround.rounds import make_mesh
@@ -19,7 +19,9 @@ from fedround.aggregators.base import RoundContext
 from fedround.client import ClientOutput
 
 NUM_CLIENTS = 16
-RULES = ['fisher_merging', 'variance_corrected', 'fedld']
+# Every registered rule of aggregators/merging.py.
+RULES = [name for name in AGGREGATORS.names()
+         if AGGREGATORS.get(name, 'aggregator').__module__ == merging.__name__]
 
 
 @functools.cache

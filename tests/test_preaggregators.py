@@ -1,6 +1,7 @@
 """Pre-aggregators (clipping, NNM, bucketing, ARC): hand cases, composition
 through chain, invariances, absent clients, jit and sharding."""
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -9,12 +10,36 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import assert_trees_close
+from fedround.aggregators import AGGREGATORS, preaggregators
 from fedround.aggregators.base import chain
 from fedround.aggregators.preaggregators import arc, bucketing, clip, nnm
 from fedround.aggregators.weighted import mean
 from fedround.rounds import make_mesh
 
 KEY = jax.random.PRNGKey(0)
+# Every registered pre-aggregator (those of aggregators/preaggregators.py),
+# given the hyper-parameters it requires; those that keep one row per
+# client (all but bucketing) also permute with the clients and ignore the
+# absent ones row by row.
+REQUIRED = {'f': 2, 'max_norm': 2.0, 'size': 3}
+
+
+def _registered():
+  parts = {}
+  for name in AGGREGATORS.names():
+    factory = AGGREGATORS.get(name, 'aggregator')
+    if factory.__module__ != preaggregators.__name__:
+      continue
+    parameters = inspect.signature(factory).parameters
+    required = [p for p in REQUIRED if p in parameters
+                and parameters[p].default is inspect.Parameter.empty]
+    parts[name] = factory(**{p: REQUIRED[p] for p in required})
+  return parts
+
+
+PRE = _registered()
+ROW_BY_ROW = {name: pre for name, pre in PRE.items()
+              if pre.num_outputs(16) == 16}
 
 
 def apply(pre, updates, weights=None, key=KEY):
@@ -135,8 +160,7 @@ def _random_stack(rng, clients):
       clients, 1, 1)), 'b': rng.normal(size=(clients, 4))}
 
 
-@pytest.mark.parametrize('pre', [clip(max_norm=2.0), nnm(f=2), arc(f=2)],
-                         ids=['clip', 'nnm', 'arc'])
+@pytest.mark.parametrize('pre', ROW_BY_ROW.values(), ids=ROW_BY_ROW)
 def test_client_order_permutes_the_output(pre):
   rng = np.random.default_rng(1)
   updates = _random_stack(rng, 8)
@@ -148,8 +172,7 @@ def test_client_order_permutes_the_output(pre):
   assert_trees_close(got, jax.tree.map(lambda u: u[permutation], expected))
 
 
-@pytest.mark.parametrize('pre', [clip(max_norm=2.0), nnm(f=2), arc(f=2)],
-                         ids=['clip', 'nnm', 'arc'])
+@pytest.mark.parametrize('pre', ROW_BY_ROW.values(), ids=ROW_BY_ROW)
 def test_absent_clients_are_ignored(pre):
   rng = np.random.default_rng(2)
   updates = _random_stack(rng, 8)
@@ -164,9 +187,7 @@ def test_absent_clients_are_ignored(pre):
   np.testing.assert_array_equal(got_weights, weights)
 
 
-@pytest.mark.parametrize('pre', [clip(max_norm=2.0), nnm(f=2), arc(f=2),
-                                 bucketing(size=3)],
-                         ids=['clip', 'nnm', 'arc', 'bucketing'])
+@pytest.mark.parametrize('pre', PRE.values(), ids=PRE)
 def test_jit_and_sharded_match_eager(pre):
   rng = np.random.default_rng(3)
   updates = jax.tree.map(lambda u: jnp.asarray(u, jnp.float32),
