@@ -19,10 +19,20 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
+import gc  # noqa: E402
+
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
 
+from fedround import train  # noqa: E402,F401  (imported once, then frozen)
 from fedround.data import FederatedData  # noqa: E402
+
+# Tracing makes many short-lived objects: Python's collector would scan the
+# whole imported heap (jax, flax, tensorflow) again and again. Freeze what
+# is imported and collect the young generation less often; nothing a test
+# checks depends on when garbage is collected.
+gc.freeze()
+gc.set_threshold(100_000, 50, 1_000)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from test_messages import _signs_config
 
 def _robust_under_attack():
   """Krum against ALIE, the Byzantine grid's cell at the size its test
-  runs (so the sharded round is the one that test compiles)."""
+  runs (so the one-device round is the one that test compiles)."""
   config = byzantine.get_config('rule=krum,attack=alie,fraction=0.2')
   config.model = 'logistic'
   config.client.local_steps = 2

@@ -15,6 +15,7 @@ named. Every failure is a ConfigError of one line naming the field.
 from __future__ import annotations
 
 import difflib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -128,10 +129,8 @@ def _message(config, message, aggregator, attack, model, data) -> None:
     raise ConfigError(
         f'config.attack.name {config.attack.name!r} cannot forge {kind!r} '
         f'messages; attacks on {kind!r} messages: {", ".join(valid)}')
-  x = jax.ShapeDtypeStruct((1,) + data.x.shape[2:], jnp.float32)
-  problem = message.check(
-      jax.eval_shape(model.init, jax.random.PRNGKey(0), x),
-      f'config.model {config.model!r}')
+  problem = message.check(_abstract_params(model, data.x.shape[2:]),
+                          f'config.model {config.model!r}')
   if problem:
     supermasks = [name for name in MODELS.names()
                   if name.startswith('supermask')]
@@ -149,11 +148,26 @@ def _message(config, message, aggregator, attack, model, data) -> None:
         f'{server.schedule!r})')
 
 
+# A flax module hashes by its fields: a sweep's hundreds of cells on one
+# model and data shape trace its init once, not once per cell.
+@functools.lru_cache(maxsize=64)
+def _abstract_params(model, example_shape: tuple[int, ...]):
+  """The model's parameter shapes (nothing is computed)."""
+  x = jax.ShapeDtypeStruct((1,) + example_shape, jnp.float32)
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+
+
+@functools.lru_cache(maxsize=64)
+def _output_shape(model, example_shape: tuple[int, ...]):
+  """The model's output shape on a batch of 2 (nothing is computed)."""
+  x = jax.ShapeDtypeStruct((2,) + example_shape, jnp.float32)
+  return jax.eval_shape(
+      lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x), x).shape
+
+
 def _probabilistic(config, model, data) -> None:
   """The Fisher of p(y|x) needs logits over the classes, one row each."""
-  x = jax.ShapeDtypeStruct((2,) + data.x.shape[2:], jnp.float32)
-  shape = jax.eval_shape(
-      lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x), x).shape
+  shape = _output_shape(model, data.x.shape[2:])
   if shape != (2, data.num_classes):
     raise ConfigError(
         f'config.aggregator {config.aggregator!r} needs each client\'s '
