@@ -11,6 +11,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import assert_trees_close
+from fedround.aggregators import AGGREGATORS, build_aggregator
 from fedround.aggregators import fedau as fedau_lib
 from fedround.data.participation import Participation, uniform
 from fedround.rounds import make_mesh
@@ -18,6 +19,19 @@ from fedround.aggregators.base import RoundContext
 
 N = 3  # clients in the hand-written federation
 SLOTS = 4  # cohort buffer
+
+# FedAU and its paper's baselines, from the registry: every rule of fedau.py.
+RULES = [name for name in AGGREGATORS.names()
+         if AGGREGATORS.get(name, 'aggregator').__module__ == fedau_lib.__name__]
+
+
+def build(spec, population=N, slots=SLOTS, seed=0):
+  """``spec`` as a run builds it, under a participation model of known
+  probabilities (which inverse_probability reads)."""
+  probabilities = np.random.default_rng(seed).uniform(0.05, 1, population)
+  return build_aggregator(
+      spec, 'aggregator', num_clients=slots, population=population,
+      participation=Participation(None, None, slots, probabilities))
 
 # The hand-written sequence: per round, the present (id, weight) pairs. In
 # round 4 client 0 takes part but its update was non-finite (weight 0).
@@ -193,8 +207,8 @@ def test_absent_slots_are_ignored(garbage):
   present = [(2, 1.0), (0, 1.0), (1, 0.0)]
   u_clean, w_clean, ids_clean = cohort(present, slots=3, garbage=0.0)
   u_padded, w_padded, ids_padded = cohort(present, slots=8, garbage=garbage)
-  for rule in (fedau_lib.fedau(population=N), fedau_lib.average_all(N),
-               fedau_lib.average_participating()):
+  assert len(RULES) >= 4
+  for rule in map(build, RULES):
     state = rule.init({'u': jnp.zeros(N)})
     a, state_a = jitted(rule)(u_clean, state, w_clean, ids_clean)
     b, state_b = jitted(rule)(u_padded, state, w_padded, ids_padded)
@@ -222,12 +236,10 @@ def test_client_sharded_stack_matches_unsharded():
   clients = NamedSharding(mesh, P('clients'))
   population, slots = 40, 16
   rng = np.random.default_rng(0)
-  rules = [fedau_lib.fedau(5, population=population),
-           fedau_lib.average_all(population),
-           fedau_lib.average_participating(),
-           fedau_lib.inverse_probability(Participation(
-               None, None, slots, rng.uniform(0.05, 1, population)))]
-  for rule in rules:
+  # FedAU with its cutoff K engaged within the 4 rounds.
+  specs = {'fedau': 'fedau(cutoff=5)'}
+  for name in RULES:
+    rule = build(specs.get(name, name), population, slots)
     state = rule.init({'w': jnp.zeros((3, 2))})
     step = jax.jit(lambda u, s, w, ids, rule=rule: rule.update(
         u, s, weights=w, key=None, context=RoundContext(client_ids=ids)))
