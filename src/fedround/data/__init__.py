@@ -1,6 +1,7 @@
 """Federated data sets, partitions and participation models, by name."""
 from fedround.data.digits import digits
 from fedround.data.federated import FederatedData
+from fedround.data.leaf import leaf
 from fedround.data.participation import (Participation, bernoulli, cyclic,
                                          markov, uniform)
 from fedround.data.synthetic import synthetic
@@ -9,6 +10,7 @@ from fedround.registry import Registry
 DATASETS = Registry('data set')
 DATASETS.register('synthetic')(synthetic)
 DATASETS.register('digits')(digits)
+DATASETS.register('leaf')(leaf)
 
 PARTICIPATION = Registry('participation model')
 PARTICIPATION.register('uniform')(uniform)
