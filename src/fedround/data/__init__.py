@@ -1,6 +1,7 @@
 """Federated data sets, partitions and participation models, by name."""
 from fedround.data.digits import digits
 from fedround.data.federated import FederatedData
+from fedround.data.fedjax_sqlite import fedjax_sqlite
 from fedround.data.leaf import leaf
 from fedround.data.participation import (Participation, bernoulli, cyclic,
                                          markov, uniform)
@@ -11,6 +12,7 @@ DATASETS = Registry('data set')
 DATASETS.register('synthetic')(synthetic)
 DATASETS.register('digits')(digits)
 DATASETS.register('leaf')(leaf)
+DATASETS.register('fedjax_sqlite')(fedjax_sqlite)
 
 PARTICIPATION = Registry('participation model')
 PARTICIPATION.register('uniform')(uniform)

@@ -1,0 +1,127 @@
+"""FedJAX's SQLite federations (fedjax.core.sqlite_federated_data; the files
+``fedjax.datasets`` downloads, e.g. federated_emnist_{train,test}.sqlite).
+
+One table, ``federated_data(client_id BLOB PRIMARY KEY, data BLOB,
+num_examples INTEGER)``; each client's ``data`` is zlib-compressed msgpack
+of a dict from feature name to array, an array packed as msgpack extension
+type 1 holding ``(shape, dtype name, C-order bytes)`` (fedjax.core.
+serialization). This reader takes classification data with numeric
+features (EMNIST: ``pixels`` [n, 28, 28] float32 and ``label``; CIFAR-100:
+``image`` and ``label`` or ``coarse_label``); Shakespeare and Stack Overflow
+hold text and need a next-token task, which fedround does not have yet.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import zlib
+from typing import Sequence
+
+import msgpack
+import numpy as np
+
+from fedround.data.federated import FederatedData
+
+TABLE = 'federated_data(client_id, data, num_examples)'
+_NDARRAY = 1  # fedjax.core.serialization._MsgpackExtType.ndarray
+_NPSCALAR = 3
+
+
+def fedjax_sqlite(train_path: str, test_path: str, num_classes: int,
+                  x: str = 'pixels', y: str = 'label',
+                  example_shape: Sequence[int] = (),
+                  invert: bool = False) -> FederatedData:
+  """Every client of ``train_path`` (in row order) with features ``x`` and
+  labels ``y``; the clients of ``test_path`` pooled as the test split. Each
+  example is reshaped to ``example_shape`` (EMNIST: ``(28, 28, 1)``; empty:
+  as stored) and, with ``invert``, x becomes 1 - x (FedJAX's EMNIST
+  preprocessing: dark strokes on a white page become bright on black)."""
+  if not isinstance(num_classes, int) or num_classes < 2:
+    raise ValueError(f'num_classes must be an integer >= 2, got '
+                     f'{num_classes!r}')
+  read = lambda path: _read(path, x, y, num_classes, tuple(example_shape),
+                            invert)
+  train = read(train_path)
+  test = read(test_path)
+  return FederatedData.from_clients(
+      [xs for xs, _ in train], [ys for _, ys in train],
+      np.concatenate([xs for xs, _ in test]),
+      np.concatenate([ys for _, ys in test]), num_classes=num_classes)
+
+
+def _read(path, x_name, y_name, num_classes, shape, invert):
+  """[(x, y)] of every client of one file, in row order."""
+  if not os.path.isfile(path):
+    raise ValueError(f'{path}: no such file; expected a FedJAX SQLite file '
+                     f'(a table {TABLE})')
+  try:
+    with contextlib.closing(sqlite3.connect(f'file:{path}?mode=ro',
+                                            uri=True)) as connection:
+      rows = connection.execute(
+          'SELECT client_id, data, num_examples FROM federated_data '
+          'ORDER BY rowid').fetchall()
+  except sqlite3.DatabaseError as e:
+    raise ValueError(f'{path}: not a FedJAX SQLite file ({e}); expected a '
+                     f'table {TABLE}') from None
+  if not rows:
+    raise ValueError(f'{path}: the table federated_data holds no clients')
+  clients = []
+  for client_id, blob, count in rows:
+    name = (client_id.decode(errors='replace')
+            if isinstance(client_id, bytes) else str(client_id))
+    where = f'{path}: client {name!r}'
+    features = _features(where, blob)
+    missing = [f for f in (x_name, y_name) if f not in features]
+    if missing:
+      raise ValueError(f'{where} has features {", ".join(sorted(features))};'
+                       f' no {", ".join(map(repr, missing))} (data.x, '
+                       'data.y)')
+    xs, ys = features[x_name], features[y_name]
+    if not (isinstance(xs, np.ndarray) and np.issubdtype(xs.dtype, np.number)):
+      raise ValueError(f'{where}: {x_name!r} is not a numeric array (text '
+                       'data sets need a text task)')
+    if not (isinstance(ys, np.ndarray) and ys.ndim == 1
+            and np.issubdtype(ys.dtype, np.integer)):
+      raise ValueError(f'{where}: {y_name!r} must be a 1-D integer array of '
+                       'labels')
+    if len(ys) == 0:
+      raise ValueError(f'{where} holds no examples; every client needs at '
+                       'least one')
+    if len(xs) != len(ys) or len(ys) != count:
+      raise ValueError(f'{where} holds {len(xs)} {x_name!r} and {len(ys)} '
+                       f'{y_name!r} but num_examples says {count}')
+    bad = ys[(ys < 0) | (ys >= num_classes)]
+    if bad.size:
+      raise ValueError(f'{where} has label {int(bad[0])}; valid labels: '
+                       f'0..{num_classes - 1} (num_classes={num_classes})')
+    xs = xs.astype(np.float32)
+    if shape:
+      size = int(np.prod(xs.shape[1:]))
+      if size != int(np.prod(shape)):
+        raise ValueError(f'{where}: examples of shape {xs.shape[1:]} cannot '
+                         f'be shaped {shape} (data.example_shape)')
+      xs = xs.reshape((len(xs), *shape))
+    clients.append((1 - xs if invert else xs, ys.astype(np.int32)))
+  return clients
+
+
+def _features(where, blob) -> dict:
+  try:
+    features = msgpack.unpackb(zlib.decompress(blob), ext_hook=_unpack_array,
+                               raw=False)
+  except (zlib.error, ValueError, TypeError, msgpack.UnpackException) as e:
+    raise ValueError(f'{where}: data is not zlib-compressed msgpack of '
+                     f'named arrays ({e})') from None
+  if not isinstance(features, dict):
+    raise ValueError(f'{where}: data is not a dict of named arrays')
+  return features
+
+
+def _unpack_array(code, data):
+  """fedjax.core.serialization's numeric array extension types."""
+  if code not in (_NDARRAY, _NPSCALAR):
+    return msgpack.ExtType(code, data)  # e.g. byte strings: not numeric
+  shape, dtype, buffer = msgpack.unpackb(data, raw=True)
+  array = np.frombuffer(buffer, dtype=np.dtype(dtype.decode())).reshape(shape)
+  return array if code == _NDARRAY else array[()]
