@@ -45,7 +45,8 @@ def _emnist_like(num_clients, low, high, seed):
   """FedJAX's EMNIST features: pixels [n, 28, 28] float32, label int32 —
   here 8 x 8, 10 classes."""
   rng = np.random.default_rng(seed)
-  return [(f'{seed:016x}:f{c:04d}_00'.encode(),
+  # Ids in descending order: the reader keeps the table's row order.
+  return [(f'{seed:016x}:f{num_clients - c:04d}_00'.encode(),
            {'pixels': rng.uniform(size=(n, 8, 8)).astype(np.float32),
             'label': rng.integers(0, 10, n).astype(np.int32)})
           for c, n in enumerate(rng.integers(low, high, num_clients))]
@@ -53,11 +54,14 @@ def _emnist_like(num_clients, low, high, seed):
 
 @pytest.fixture
 def files(tmp_path):
+  """Train and test files in a directory whose name holds URI characters."""
+  path = tmp_path / 'fed#1?%20'
+  path.mkdir()
   train_clients = _emnist_like(5, 3, 12, seed=0)
   test_clients = _emnist_like(3, 1, 4, seed=1)
-  _write(tmp_path / 'train.sqlite', train_clients)
-  _write(tmp_path / 'test.sqlite', test_clients)
-  return tmp_path, train_clients, test_clients
+  _write(path / 'train.sqlite', train_clients)
+  _write(path / 'test.sqlite', test_clients)
+  return path, train_clients, test_clients
 
 
 def _config(path, **data):
@@ -114,6 +118,10 @@ def _rewrite_train(path, clients, blob=_blob):
      r'examples of shape \(7, 8\) cannot be shaped \(8, 8, 1\)'),
     (lambda ex: ex.update(image=ex.pop('pixels')),
      r"has features image, label; no 'pixels' \(data.x, data.y\)"),
+    (lambda ex: ex.update(label=ex['label'][:-1]),
+     r"holds \d+ 'pixels' and \d+ 'label' but num_examples says \d+"),
+    (lambda ex: ex.update(label=ex['label'].astype(np.float32)),
+     r"'label' must be a 1-D integer array of labels"),
 ])
 def test_bad_clients_fail_in_one_line_naming_the_file(change, message, files):
   path, train_clients, _ = files
@@ -128,7 +136,7 @@ def test_bad_clients_fail_in_one_line_naming_the_file(change, message, files):
                          f"'{train_clients[2][0].decode()}'")
 
 
-def test_bad_files_fail_in_one_line_naming_the_file(files, tmp_path):
+def test_bad_files_fail_in_one_line_naming_the_file(files):
   path, train_clients, _ = files
   cases = []
   cases.append((lambda: os.remove(path / 'train.sqlite'),
@@ -149,3 +157,17 @@ def test_bad_files_fail_in_one_line_naming_the_file(files, tmp_path):
       train.check(_config(path))
     assert '\n' not in str(error.value)
     assert str(path / 'train.sqlite') in str(error.value)
+
+
+def test_examples_of_another_shape_are_refused(files):
+  """Without example_shape, a test file of other examples is named before
+  training, not met as a shape error of the model mid-run."""
+  path, _, _ = files
+  os.remove(path / 'test.sqlite')
+  odd = _emnist_like(2, 1, 3, seed=2)
+  for _, examples in odd:
+    examples['pixels'] = examples['pixels'][:, :, :4]
+  _write(path / 'test.sqlite', odd)
+  with pytest.raises(ConfigError, match=r"test.sqlite: client '.*' has "
+                     r'examples of shape \(8, 4\), .* of shape \(8, 8\)'):
+    train.check(_config(path, example_shape=()))

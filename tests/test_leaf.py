@@ -22,10 +22,11 @@ def _write_split(directory, users, files=2):
   names = list(users)
   for f in range(files):
     mine = names[f::files]
+    # user_data in the reverse order of users: the reader follows users.
     blob = {'users': mine, 'num_samples': [len(users[u][1]) for u in mine],
             'user_data': {u: {'x': users[u][0].reshape(
                 len(users[u][0]), -1).tolist(), 'y': users[u][1].tolist()}
-                          for u in mine}}
+                          for u in reversed(mine)}}
     with open(os.path.join(directory, f'all_data_{f}_niid_0_keep_0_'
                                       f'train_9.json'), 'w') as out:
       json.dump(blob, out)
@@ -72,7 +73,10 @@ def test_users_become_clients_and_the_test_split_is_pooled(tmp_path):
   test_order = list(test)[0::2] + list(test)[1::2]
   np.testing.assert_array_equal(
       data.test_y, np.concatenate([test[u][1] for u in test_order]))
-  assert np.asarray(data.test_x).shape[1:] == SHAPE
+  np.testing.assert_allclose(
+      data.test_x, np.concatenate([test[u][0] for u in test_order]))
+  inverted = train.load_data(_config(tmp_path, invert=True))
+  np.testing.assert_allclose(inverted.test_x, 1 - np.asarray(data.test_x))
   # Without a shape the rows stay as stored.
   flat = train.load_data(_config(tmp_path, example_shape=()))
   assert np.asarray(flat.x).shape[2:] == (64,)
@@ -115,6 +119,13 @@ def _first_user(blob):
      r'rows of 63 values cannot be shaped \(8, 8, 1\)'),
     (lambda b: _first_user(b).update(x=['to be or not'] * len(
         _first_user(b)['y'])), 'x must be rows of numbers'),
+    (lambda b: _first_user(b).update(y=['a'] * len(_first_user(b)['y'])),
+     'y must be a list of integer labels'),
+    (lambda b: _first_user(b)['x'].pop(), r'has \d+ x rows and \d+ labels'),
+    (lambda b: b['user_data'].pop(b['users'][0]), 'has no entry in user_data'),
+    (lambda b: b.update(users='f0000_0'), 'expected users a list of names'),
+    (lambda b: b.update(users=b['users'][:1] * 3),
+     'is listed twice in users'),
 ])
 def test_bad_files_fail_in_one_line_naming_the_file(edit, message, tmp_path):
   _federation(tmp_path)
@@ -134,3 +145,30 @@ def test_missing_directories_are_named(tmp_path):
     os.remove(tmp_path / 'test' / name)
   with pytest.raises(ConfigError, match=r'test: no LEAF \.json files'):
     train.check(_config(tmp_path))
+
+
+def test_a_user_in_two_files_and_examples_of_two_shapes_are_refused(
+    tmp_path):
+  users, _ = _federation(tmp_path)
+  files = sorted(os.listdir(tmp_path / 'train'))
+  second = tmp_path / 'train' / files[1]
+  blob = json.loads(second.read_text())
+  first_user = list(users)[0]  # in the first file
+  blob['users'][0] = first_user
+  blob['user_data'][first_user] = blob['user_data'].pop(
+      list(users)[1])
+  second.write_text(json.dumps(blob))
+  with pytest.raises(ConfigError, match=f"{files[1]}: user '{first_user}' "
+                     'is also in another file'):
+    train.check(_config(tmp_path))
+
+  other = tmp_path / 'other'
+  _federation(other)
+  for name in os.listdir(other / 'test'):
+    blob = json.loads((other / 'test' / name).read_text())
+    for entry in blob['user_data'].values():
+      entry['x'] = [row[:32] for row in entry['x']]
+    (other / 'test' / name).write_text(json.dumps(blob))
+  with pytest.raises(ConfigError, match=r'has examples of shape \(32,\), '
+                     r'.* of shape \(64,\); every example must have one'):
+    train.check(_config(other, example_shape=()))

@@ -15,7 +15,6 @@ named. Every failure is a ConfigError of one line naming the field.
 from __future__ import annotations
 
 import difflib
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -148,21 +147,34 @@ def _message(config, message, aggregator, attack, model, data) -> None:
         f'{server.schedule!r})')
 
 
-# A flax module hashes by its fields: a sweep's hundreds of cells on one
-# model and data shape trace its init once, not once per cell.
-@functools.lru_cache(maxsize=64)
+# A sweep's hundreds of cells on one model and data shape trace its init
+# once. Keyed by the module's class and repr (its fields), not its hash:
+# dataclass equality takes 200.0 for 200, and a field may be unhashable.
+_SHAPES: dict = {}
+
+
+def _memo(kind: str, model, example_shape: tuple[int, ...], compute):
+  key = (kind, type(model), repr(model), example_shape)
+  if key not in _SHAPES:
+    if len(_SHAPES) >= 256:
+      _SHAPES.clear()
+    _SHAPES[key] = compute()
+  return _SHAPES[key]
+
+
 def _abstract_params(model, example_shape: tuple[int, ...]):
   """The model's parameter shapes (nothing is computed)."""
   x = jax.ShapeDtypeStruct((1,) + example_shape, jnp.float32)
-  return jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  return _memo('params', model, example_shape, lambda: jax.eval_shape(
+      model.init, jax.random.PRNGKey(0), x))
 
 
-@functools.lru_cache(maxsize=64)
 def _output_shape(model, example_shape: tuple[int, ...]):
   """The model's output shape on a batch of 2 (nothing is computed)."""
   x = jax.ShapeDtypeStruct((2,) + example_shape, jnp.float32)
-  return jax.eval_shape(
-      lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x), x).shape
+  return _memo('output', model, example_shape, lambda: jax.eval_shape(
+      lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x),
+      x).shape)
 
 
 def _probabilistic(config, model, data) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import sqlite3
 import zlib
 from typing import Sequence
@@ -22,6 +23,7 @@ import msgpack
 import numpy as np
 
 from fedround.data.federated import FederatedData
+from fedround.data.leaf import check_example_shapes
 
 TABLE = 'federated_data(client_id, data, num_examples)'
 _NDARRAY = 1  # fedjax.core.serialization._MsgpackExtType.ndarray
@@ -44,6 +46,11 @@ def fedjax_sqlite(train_path: str, test_path: str, num_classes: int,
                             invert)
   train = read(train_path)
   test = read(test_path)
+  check_example_shapes({
+      f'{path}: client {name!r}': xs for path, clients in
+      ((train_path, train), (test_path, test)) for name, (xs, _) in
+      clients.items()}, 'config.data')
+  train, test = list(train.values()), list(test.values())
   return FederatedData.from_clients(
       [xs for xs, _ in train], [ys for _, ys in train],
       np.concatenate([xs for xs, _ in test]),
@@ -51,12 +58,13 @@ def fedjax_sqlite(train_path: str, test_path: str, num_classes: int,
 
 
 def _read(path, x_name, y_name, num_classes, shape, invert):
-  """[(x, y)] of every client of one file, in row order."""
+  """client id -> (x, y) of every client of one file, in row order."""
   if not os.path.isfile(path):
     raise ValueError(f'{path}: no such file; expected a FedJAX SQLite file '
                      f'(a table {TABLE})')
   try:
-    with contextlib.closing(sqlite3.connect(f'file:{path}?mode=ro',
+    read_only = pathlib.Path(path).absolute().as_uri() + '?mode=ro'
+    with contextlib.closing(sqlite3.connect(read_only,
                                             uri=True)) as connection:
       rows = connection.execute(
           'SELECT client_id, data, num_examples FROM federated_data '
@@ -66,7 +74,7 @@ def _read(path, x_name, y_name, num_classes, shape, invert):
                      f'table {TABLE}') from None
   if not rows:
     raise ValueError(f'{path}: the table federated_data holds no clients')
-  clients = []
+  clients = {}
   for client_id, blob, count in rows:
     name = (client_id.decode(errors='replace')
             if isinstance(client_id, bytes) else str(client_id))
@@ -74,11 +82,13 @@ def _read(path, x_name, y_name, num_classes, shape, invert):
     features = _features(where, blob)
     missing = [f for f in (x_name, y_name) if f not in features]
     if missing:
-      raise ValueError(f'{where} has features {", ".join(sorted(features))};'
+      raise ValueError(f'{where} has features '
+                       f'{", ".join(sorted(map(str, features)))};'
                        f' no {", ".join(map(repr, missing))} (data.x, '
                        'data.y)')
     xs, ys = features[x_name], features[y_name]
-    if not (isinstance(xs, np.ndarray) and np.issubdtype(xs.dtype, np.number)):
+    if not (isinstance(xs, np.ndarray) and xs.ndim >= 1 and (
+        np.issubdtype(xs.dtype, np.number) or xs.dtype.name == 'bfloat16')):
       raise ValueError(f'{where}: {x_name!r} is not a numeric array (text '
                        'data sets need a text task)')
     if not (isinstance(ys, np.ndarray) and ys.ndim == 1
@@ -102,7 +112,7 @@ def _read(path, x_name, y_name, num_classes, shape, invert):
         raise ValueError(f'{where}: examples of shape {xs.shape[1:]} cannot '
                          f'be shaped {shape} (data.example_shape)')
       xs = xs.reshape((len(xs), *shape))
-    clients.append((1 - xs if invert else xs, ys.astype(np.int32)))
+    clients[name] = (1 - xs if invert else xs, ys.astype(np.int32))
   return clients
 
 
@@ -110,7 +120,8 @@ def _features(where, blob) -> dict:
   try:
     features = msgpack.unpackb(zlib.decompress(blob), ext_hook=_unpack_array,
                                raw=False)
-  except (zlib.error, ValueError, TypeError, msgpack.UnpackException) as e:
+  except (zlib.error, ValueError, TypeError, AttributeError,
+          msgpack.UnpackException) as e:
     raise ValueError(f'{where}: data is not zlib-compressed msgpack of '
                      f'named arrays ({e})') from None
   if not isinstance(features, dict):

@@ -25,12 +25,14 @@ from fedround.data.federated import FederatedData
 KEYS = ('users', 'num_samples', 'user_data')
 
 
-def leaf(path: str, num_classes: int,
-         example_shape: Sequence[int] = ()) -> FederatedData:
+def leaf(path: str, num_classes: int, example_shape: Sequence[int] = (),
+         invert: bool = False) -> FederatedData:
   """Every user of ``path/train`` as a client (files in name order, users in
   file order), their ``path/test`` examples pooled as the test split. Each
   row of x is reshaped to ``example_shape`` (FEMNIST: ``(28, 28, 1)``;
-  empty: as stored); labels must lie in 0..num_classes - 1."""
+  empty: as stored); labels must lie in 0..num_classes - 1. With
+  ``invert``, x becomes 1 - x (FEMNIST's rows are dark strokes on a white
+  page, as FedJAX's EMNIST before its preprocessing)."""
   if not isinstance(num_classes, int) or num_classes < 2:
     raise ValueError(f'num_classes must be an integer >= 2, got '
                      f'{num_classes!r}')
@@ -40,10 +42,25 @@ def leaf(path: str, num_classes: int,
   shape = tuple(example_shape)
   train = _read_split(os.path.join(path, 'train'), num_classes, shape)
   test = _read_split(os.path.join(path, 'test'), num_classes, shape)
+  check_example_shapes({**{f'train user {u!r}': x for u, (x, _) in
+                           train.items()},
+                        **{f'test user {u!r}': x for u, (x, _) in
+                           test.items()}}, path)
+  flip = (lambda x: 1 - x) if invert else (lambda x: x)
   return FederatedData.from_clients(
-      [x for x, _ in train.values()], [y for _, y in train.values()],
-      np.concatenate([x for x, _ in test.values()]),
+      [flip(x) for x, _ in train.values()], [y for _, y in train.values()],
+      flip(np.concatenate([x for x, _ in test.values()])),
       np.concatenate([y for _, y in test.values()]), num_classes=num_classes)
+
+
+def check_example_shapes(features: dict[str, np.ndarray], source: str):
+  """Every client's examples (name -> x) of one shape, that of the first."""
+  (first, x0), *rest = features.items()
+  for name, x in rest:
+    if x.shape[1:] != x0.shape[1:]:
+      raise ValueError(f'{source}: {name} has examples of shape '
+                       f'{x.shape[1:]}, {first} of shape {x0.shape[1:]}; '
+                       'every example must have one shape')
 
 
 def _read_split(directory: str, num_classes: int, shape: tuple[int, ...]
@@ -69,20 +86,28 @@ def _read_split(directory: str, num_classes: int, shape: tuple[int, ...]
 def _read_file(file: str, num_classes: int, shape: tuple[int, ...]
                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   try:
-    with open(file) as f:
+    with open(file, encoding='utf-8') as f:
       blob = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f'{file}: not JSON ({e.msg} at line {e.lineno})') from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f'{file}: cannot be read as UTF-8 JSON ({e})') from None
   missing = [k for k in KEYS if not isinstance(blob, dict) or k not in blob]
   if missing:
     raise ValueError(f'{file}: expected the LEAF keys {", ".join(KEYS)}; '
                      f'missing {", ".join(missing)}')
   users, counts, data = (blob[k] for k in KEYS)
+  if not (isinstance(users, list) and all(isinstance(u, str) for u in users)
+          and isinstance(counts, list) and isinstance(data, dict)):
+    raise ValueError(f'{file}: expected users a list of names, num_samples a '
+                     'list of counts and user_data a dict')
   if len(users) != len(counts):
     raise ValueError(f'{file}: {len(users)} users but {len(counts)} '
                      'num_samples; expected one count per user')
   out = {}
   for user, count in zip(users, counts):
+    if user in out:
+      raise ValueError(f'{file}: user {user!r} is listed twice in users')
     if user not in data:
       raise ValueError(f'{file}: user {user!r} has no entry in user_data')
     x, y = _user_arrays(file, user, data[user], shape)
@@ -97,23 +122,23 @@ def _read_file(file: str, num_classes: int, shape: tuple[int, ...]
       raise ValueError(f'{file}: user {user!r} has label {int(bad[0])}; '
                        f'valid labels: 0..{num_classes - 1} '
                        f'(num_classes={num_classes})')
-    out[user] = (x, y)
+    out[user] = (x, y.astype(np.int32))
   return out
 
 
 def _user_arrays(file, user, entry, shape):
-  """A user's x as float32 rows of ``shape`` and y as int32."""
+  """A user's x as float32 rows of ``shape`` and y as int64."""
   if not isinstance(entry, dict) or 'x' not in entry or 'y' not in entry:
     raise ValueError(f'{file}: user {user!r}: expected {{"x": [...], '
                      '"y": [...]}} in user_data')
   try:
     x = np.asarray(entry['x'], np.float32)
-    y = np.asarray(entry['y'])
   except (TypeError, ValueError):
     raise ValueError(f'{file}: user {user!r}: x must be rows of numbers of '
                      'one length (text data sets need a text task)') from None
-  if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)
-                     and not np.all(np.mod(y, 1) == 0)):
+  y = np.asarray(entry['y'], object)
+  if y.ndim != 1 or not all(isinstance(v, int) and not isinstance(v, bool)
+                            for v in y):
     raise ValueError(f'{file}: user {user!r}: y must be a list of integer '
                      'labels')
   if len(x) != len(y):
@@ -125,4 +150,4 @@ def _user_arrays(file, user, entry, shape):
       raise ValueError(f'{file}: user {user!r}: rows of {size} values cannot '
                        f'be shaped {shape} (data.example_shape)')
     x = x.reshape((len(x), *shape))
-  return x, y.astype(np.int32)
+  return x, y.astype(np.int64)
