@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-import fedavg_digits
+from conftest import on_files
 from fedround import train
 from fedround.registry import ConfigError
 
@@ -65,17 +65,10 @@ def files(tmp_path):
 
 
 def _config(path, **data):
-  config = fedavg_digits.get_config()
-  config.data = {'name': 'fedjax_sqlite',
-                 'train_path': str(path / 'train.sqlite'),
-                 'test_path': str(path / 'test.sqlite'), 'num_classes': 10,
-                 'example_shape': (8, 8, 1), **data}
-  config.model = 'logistic'
-  config.clients_per_round = 4
-  config.client.local_steps = 2
-  config.rounds = config.eval_every = config.checkpoint_every = 2
-  config.progress = False
-  return config
+  return on_files({'name': 'fedjax_sqlite',
+                   'train_path': str(path / 'train.sqlite'),
+                   'test_path': str(path / 'test.sqlite'), 'num_classes': 10,
+                   'example_shape': (8, 8, 1), **data})
 
 
 def test_clients_load_in_row_order_and_the_test_split_is_pooled(files):

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-import fedavg_digits
+from conftest import on_files
 from fedround import train
 from fedround.registry import ConfigError
 
@@ -48,15 +48,8 @@ def _federation(path, num_users=6, seed=0):
 
 
 def _config(path, **data):
-  config = fedavg_digits.get_config()
-  config.data = {'name': 'leaf', 'path': str(path), 'num_classes': 10,
-                 'example_shape': SHAPE, **data}
-  config.model = 'logistic'
-  config.clients_per_round = 4
-  config.client.local_steps = 2
-  config.rounds = config.eval_every = config.checkpoint_every = 2
-  config.progress = False
-  return config
+  return on_files({'name': 'leaf', 'path': str(path), 'num_classes': 10,
+                   'example_shape': SHAPE, **data})
 
 
 def test_users_become_clients_and_the_test_split_is_pooled(tmp_path):
