@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 
 from fedround.data.federated import FederatedData
-from fedround.data.leaf import check_example_shapes
+from fedround.data.files import check_labels, check_num_classes, federation
 
 TABLE = 'federated_data(client_id, data, num_examples)'
 _NDARRAY = 1  # fedjax.core.serialization._MsgpackExtType.ndarray
@@ -39,26 +39,15 @@ def fedjax_sqlite(train_path: str, test_path: str, num_classes: int,
   example is reshaped to ``example_shape`` (EMNIST: ``(28, 28, 1)``; empty:
   as stored) and, with ``invert``, x becomes 1 - x (FedJAX's EMNIST
   preprocessing: dark strokes on a white page become bright on black)."""
-  if not isinstance(num_classes, int) or num_classes < 2:
-    raise ValueError(f'num_classes must be an integer >= 2, got '
-                     f'{num_classes!r}')
-  read = lambda path: _read(path, x, y, num_classes, tuple(example_shape),
-                            invert)
-  train = read(train_path)
-  test = read(test_path)
-  check_example_shapes({
-      f'{path}: client {name!r}': xs for path, clients in
-      ((train_path, train), (test_path, test)) for name, (xs, _) in
-      clients.items()}, 'config.data')
-  train, test = list(train.values()), list(test.values())
-  return FederatedData.from_clients(
-      [xs for xs, _ in train], [ys for _, ys in train],
-      np.concatenate([xs for xs, _ in test]),
-      np.concatenate([ys for _, ys in test]), num_classes=num_classes)
+  check_num_classes(num_classes)
+  train, test = (_read(path, x, y, num_classes, tuple(example_shape))
+                 for path in (train_path, test_path))
+  return federation(train, test, num_classes, invert)
 
 
-def _read(path, x_name, y_name, num_classes, shape, invert):
-  """client id -> (x, y) of every client of one file, in row order."""
+def _read(path, x_name, y_name, num_classes, shape):
+  """'{path}: client {id}' -> (x, y) of every client of one file, in row
+  order."""
   if not os.path.isfile(path):
     raise ValueError(f'{path}: no such file; expected a FedJAX SQLite file '
                      f'(a table {TABLE})')
@@ -95,16 +84,10 @@ def _read(path, x_name, y_name, num_classes, shape, invert):
             and np.issubdtype(ys.dtype, np.integer)):
       raise ValueError(f'{where}: {y_name!r} must be a 1-D integer array of '
                        'labels')
-    if len(ys) == 0:
-      raise ValueError(f'{where} holds no examples; every client needs at '
-                       'least one')
+    check_labels(where, ys, num_classes)
     if len(xs) != len(ys) or len(ys) != count:
       raise ValueError(f'{where} holds {len(xs)} {x_name!r} and {len(ys)} '
                        f'{y_name!r} but num_examples says {count}')
-    bad = ys[(ys < 0) | (ys >= num_classes)]
-    if bad.size:
-      raise ValueError(f'{where} has label {int(bad[0])}; valid labels: '
-                       f'0..{num_classes - 1} (num_classes={num_classes})')
     xs = xs.astype(np.float32)
     if shape:
       size = int(np.prod(xs.shape[1:]))
@@ -112,7 +95,7 @@ def _read(path, x_name, y_name, num_classes, shape, invert):
         raise ValueError(f'{where}: examples of shape {xs.shape[1:]} cannot '
                          f'be shaped {shape} (data.example_shape)')
       xs = xs.reshape((len(xs), *shape))
-    clients[name] = (1 - xs if invert else xs, ys.astype(np.int32))
+    clients[where] = (xs, ys.astype(np.int32))
   return clients
 
 

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from fedround.data.federated import FederatedData
+from fedround.data.files import check_labels, check_num_classes, federation
 
 KEYS = ('users', 'num_samples', 'user_data')
 
@@ -33,39 +34,19 @@ def leaf(path: str, num_classes: int, example_shape: Sequence[int] = (),
   empty: as stored); labels must lie in 0..num_classes - 1. With
   ``invert``, x becomes 1 - x (FEMNIST's rows are dark strokes on a white
   page, as FedJAX's EMNIST before its preprocessing)."""
-  if not isinstance(num_classes, int) or num_classes < 2:
-    raise ValueError(f'num_classes must be an integer >= 2, got '
-                     f'{num_classes!r}')
+  check_num_classes(num_classes)
   if not os.path.isdir(path):
     raise ValueError(f'{path}: no such directory; expected a LEAF data set '
                      'directory holding train/ and test/')
   shape = tuple(example_shape)
-  train = _read_split(os.path.join(path, 'train'), num_classes, shape)
-  test = _read_split(os.path.join(path, 'test'), num_classes, shape)
-  check_example_shapes({**{f'train user {u!r}': x for u, (x, _) in
-                           train.items()},
-                        **{f'test user {u!r}': x for u, (x, _) in
-                           test.items()}}, path)
-  flip = (lambda x: 1 - x) if invert else (lambda x: x)
-  return FederatedData.from_clients(
-      [flip(x) for x, _ in train.values()], [y for _, y in train.values()],
-      flip(np.concatenate([x for x, _ in test.values()])),
-      np.concatenate([y for _, y in test.values()]), num_classes=num_classes)
-
-
-def check_example_shapes(features: dict[str, np.ndarray], source: str):
-  """Every client's examples (name -> x) of one shape, that of the first."""
-  (first, x0), *rest = features.items()
-  for name, x in rest:
-    if x.shape[1:] != x0.shape[1:]:
-      raise ValueError(f'{source}: {name} has examples of shape '
-                       f'{x.shape[1:]}, {first} of shape {x0.shape[1:]}; '
-                       'every example must have one shape')
+  train, test = (_read_split(os.path.join(path, split), num_classes, shape)
+                 for split in ('train', 'test'))
+  return federation(train, test, num_classes, invert)
 
 
 def _read_split(directory: str, num_classes: int, shape: tuple[int, ...]
                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """user -> (x, y) over the split's JSON files."""
+  """'{directory}: user {u}' -> (x, y) over the split's JSON files."""
   names = (sorted(n for n in os.listdir(directory) if n.endswith('.json'))
            if os.path.isdir(directory) else [])
   if not names:
@@ -76,10 +57,11 @@ def _read_split(directory: str, num_classes: int, shape: tuple[int, ...]
   for name in names:
     file = os.path.join(directory, name)
     for user, xy in _read_file(file, num_classes, shape).items():
-      if user in users:
+      where = f'{directory}: user {user!r}'
+      if where in users:
         raise ValueError(f'{file}: user {user!r} is also in another file of '
                          f'{directory}; each user must appear once')
-      users[user] = xy
+      users[where] = xy
   return users
 
 
@@ -111,17 +93,10 @@ def _read_file(file: str, num_classes: int, shape: tuple[int, ...]
     if user not in data:
       raise ValueError(f'{file}: user {user!r} has no entry in user_data')
     x, y = _user_arrays(file, user, data[user], shape)
-    if len(y) == 0:
-      raise ValueError(f'{file}: user {user!r} holds no examples; every '
-                       'client needs at least one')
+    check_labels(f'{file}: user {user!r}', y, num_classes)
     if len(y) != count:
       raise ValueError(f'{file}: user {user!r} holds {len(y)} examples but '
                        f'num_samples says {count}')
-    bad = y[(y < 0) | (y >= num_classes)]
-    if bad.size:
-      raise ValueError(f'{file}: user {user!r} has label {int(bad[0])}; '
-                       f'valid labels: 0..{num_classes - 1} '
-                       f'(num_classes={num_classes})')
     out[user] = (x, y.astype(np.int32))
   return out
 
