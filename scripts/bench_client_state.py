@@ -27,7 +27,7 @@ import optax
 from fedround.aggregators import build_aggregator
 from fedround.client import make_client
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_store
-from fedround.data import FederatedData, uniform
+from fedround.data import ClientData, FederatedData, uniform
 from fedround.messages import identity
 from fedround.models import MODELS
 from fedround.optimizers import build_optimizer
@@ -49,9 +49,9 @@ def gaussian_federation(num_clients: int) -> FederatedData:
   rng = np.random.default_rng(0)
   x = rng.normal(size=(num_clients, EXAMPLES, FEATURES)).astype(np.float32)
   y = rng.integers(0, CLASSES, (num_clients, EXAMPLES)).astype(np.int32)
-  return FederatedData(x=x, y=y,
-                       n=np.full(num_clients, EXAMPLES, np.int32),
-                       test_x=x[0], test_y=y[0], num_classes=CLASSES)
+  return FederatedData(
+      train=ClientData.from_padded(x, y, np.full(num_clients, EXAMPLES)),
+      test_x=x[0], test_y=y[0], num_classes=CLASSES)
 
 
 def measure(name: str, num_clients: int, cohort: int) -> dict:
@@ -69,7 +69,7 @@ def measure(name: str, num_clients: int, cohort: int) -> dict:
                       aggregator=aggregator,
                       server_update=optimizer_step(optax.sgd),
                       participation=uniform(num_clients, cohort))
-  params = model.init(jax.random.PRNGKey(0), data.x[0, :1])
+  params = model.init(jax.random.PRNGKey(0), data.train.x[:1])
   state = init_server_state(
       params, server_update=optimizer_step(optax.sgd),
       aggregator=aggregator,

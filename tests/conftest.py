@@ -37,7 +37,7 @@ gc.set_threshold(100_000, 50, 1_000)
 
 @pytest.fixture
 def tiny_federation():
-  """4 clients of 2-D points, 3 classes, unequal sizes (padding exercised)."""
+  """4 clients of 2-D points, 3 classes, unequal sizes."""
   import numpy as np
   rng = np.random.default_rng(0)
   sizes = [5, 8, 3, 6]

@@ -10,8 +10,8 @@ import fedavg_digits
 from conftest import assert_trees_close
 from fedround import attacks, train
 from fedround.aggregators import build_aggregator
-from fedround.client import ClientData, make_client
-from fedround.data import FederatedData, uniform
+from fedround.client import make_client
+from fedround.data import ClientData, FederatedData, uniform
 from fedround.messages import identity
 from fedround.models import MODELS
 from fedround.registry import ConfigError
@@ -46,10 +46,12 @@ def test_hand_computed_attack_vectors():
   assert np.isnan(_attack('nan')).all()
   np.testing.assert_array_equal(_attack('none'), UPDATES['w'][3:])
   np.testing.assert_array_equal(_attack('label_flip'), UPDATES['w'][3:])
-  data = ClientData(jnp.zeros((2, 3, 1)), jnp.array([[0, 1, 4], [0, 1, 4]]),
-                    jnp.array([3, 3]))
-  poisoned = attacks.poisoning.label_flip().poison(data, jnp.array([True, False]), 5)
-  np.testing.assert_array_equal(poisoned.y, [[4, 3, 0], [0, 1, 4]])
+  # Two clients of three rows; row 3 is padding between them, left alone.
+  data = ClientData(jnp.zeros((7, 1)), jnp.array([0, 1, 4, 2, 0, 1, 4]),
+                    jnp.array([0, 4]), jnp.array([3, 3]), 3)
+  poisoned = attacks.poisoning.label_flip().poison(
+      data, jnp.array([True, False]), 5)
+  np.testing.assert_array_equal(poisoned.y, [4, 3, 0, 2, 0, 1, 4])
   assert attacks.omniscient.alie().poison(data, jnp.array([True, False]), 5) is data
 
 
@@ -118,7 +120,7 @@ def _one_round(data, *, attack='none', ids=(), fraction=0.0,
                       participation=uniform(data.num_clients, data.num_clients),
                       attack=attacks.ATTACKS.build(attack, 'attack'),
                       byzantine_fraction=fraction, byzantine_ids=ids)
-  params = model.init(jax.random.PRNGKey(0), data.x[0, :1])
+  params = model.init(jax.random.PRNGKey(0), data.train.x[:1])
   state = init_server_state(params, server_update=optimizer_step(optax.sgd),
                             aggregator=agg,
                             key=jax.random.PRNGKey(0),
@@ -176,9 +178,9 @@ def test_nan_and_inf_attacks_are_excluded_and_counted(tiny_federation):
 
 def test_honest_nonfinite_updates_stay_excluded_under_attack(tiny_federation):
   """A NaN honest update must be counted, not zeroed into a usable one."""
-  x = np.asarray(tiny_federation.x).copy()
-  x[0, 0, 0] = np.nan
-  data = tiny_federation.replace(x=x)
+  x = np.asarray(tiny_federation.train.x).copy()
+  x[0, 0] = np.nan  # client 0's first example
+  data = tiny_federation.replace(train=tiny_federation.train.replace(x=x))
   state, metrics = _one_round(data, attack='sign_flip', ids=(2,))
   assert int(metrics['nonfinite_excluded']) == 1
   assert int(metrics['byzantine']) == 1
@@ -188,9 +190,11 @@ def test_honest_nonfinite_updates_stay_excluded_under_attack(tiny_federation):
 
 def test_label_flip_trains_on_flipped_labels(tiny_federation):
   data = tiny_federation
-  flipped_y = np.asarray(data.y).copy()
-  flipped_y[[0, 2]] = data.num_classes - 1 - flipped_y[[0, 2]]
-  flipped = data.replace(y=jnp.asarray(flipped_y))
+  flipped_y = np.asarray(data.train.y).copy()
+  for i in (0, 2):
+    rows = slice(data.train.start[i], data.train.start[i] + data.n[i])
+    flipped_y[rows] = data.num_classes - 1 - flipped_y[rows]
+  flipped = data.replace(train=data.train.replace(y=jnp.asarray(flipped_y)))
   attacked, metrics = _one_round(data, attack='label_flip', ids=(0, 2))
   expected, _ = _one_round(flipped)
   assert int(metrics['byzantine']) == 2
@@ -205,11 +209,11 @@ def test_sign_flip_halves_the_uniform_mean(tiny_federation):
   (3 m - m) / 4 = m / 2, m the mean of clients 0-2's updates."""
   data = tiny_federation
   honest_only = FederatedData.from_clients(
-      [np.asarray(data.x[i, :data.n[i]]) for i in range(3)],
-      [np.asarray(data.y[i, :data.n[i]]) for i in range(3)],
+      [data.train.client(i)[0] for i in range(3)],
+      [data.train.client(i)[1] for i in range(3)],
       data.test_x, data.test_y, 3)
   start = MODELS.build('logistic', 'model', num_classes=3).init(
-      jax.random.PRNGKey(0), data.x[0, :1])
+      jax.random.PRNGKey(0), data.train.x[:1])
   attacked, _ = _one_round(data, attack='sign_flip', ids=(3,),
                            aggregator='mean')
   honest, _ = _one_round(honest_only, aggregator='mean')

@@ -74,7 +74,7 @@ def build(algorithm, data, *, cohort=None, local_steps=5,
                       server_update=optimizer_step(optax.sgd), mesh=mesh,
                       participation=uniform(num_clients,
                                             cohort or num_clients))
-  params = model.init(jax.random.PRNGKey(0), data.x[0, :1])
+  params = model.init(jax.random.PRNGKey(0), data.train.x[:1])
   state = init_server_state(
       params, server_update=optimizer_step(optax.sgd),
       aggregator=aggregator,
@@ -278,9 +278,9 @@ def test_sharded_equals_unsharded():
 
 def test_non_finite_client_leaves_the_store_untouched():
   data, *_ = quadratic_federation()
-  x = np.asarray(data.x).copy()
-  x[2, :, 0] = np.nan  # client 2's optimum is NaN
-  data = data.replace(x=jnp.asarray(x))
+  x = np.asarray(data.train.x).copy()
+  x[data.train.start[2]:data.train.start[3], 0] = np.nan  # client 2's
+  data = data.replace(train=data.train.replace(x=jnp.asarray(x)))  # optimum
   _, state, store = run_rounds('scaffold', data, 2)[-1]
   own = np.asarray(store['params']['w'])
   np.testing.assert_array_equal(own[2], 0.0)  # never written

@@ -1,9 +1,11 @@
 """Embedded data sets, the Dirichlet partitioner and cohort sampling."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedround.data import FederatedData, digits, synthetic, uniform
+from fedround.data import (ClientData, FederatedData, digits, synthetic,
+                           uniform)
 from fedround.data.partitions import dirichlet_label_skew
 from fedround.data.synthetic import generate_synthetic
 from fedround.registry import ConfigError
@@ -58,9 +60,11 @@ def test_synthetic_federation_splits_each_user_90_10():
   xs, _ = generate_synthetic(20, seed=1)
   np.testing.assert_array_equal(data.n, [int(0.9 * len(x)) for x in xs])
   assert len(data.test_y) == sum(len(x) - int(0.9 * len(x)) for x in xs)
-  assert data.x.shape == (20, max(data.n), 60)
-  # Padding is zero and masked.
-  assert not np.asarray(data.x)[~data.mask].any()
+  # Stored flat, client by client, without padding.
+  assert data.train.x.shape == (int(np.sum(data.n)), 60)
+  for i in (0, 7, 19):
+    np.testing.assert_array_equal(data.train.client(i)[0],
+                                  xs[i][:int(0.9 * len(xs[i]))])
 
 
 @pytest.mark.parametrize('alpha', [0.05, 0.5, 100.0])
@@ -89,9 +93,9 @@ def test_dirichlet_impossible_request_is_explained():
 
 def test_digits_federation():
   data = digits(num_clients=30, alpha=0.3, seed=0)
-  assert data.x.shape[2:] == (8, 8, 1)
+  assert data.example_shape == (8, 8, 1)
   assert int(np.sum(data.n)) + len(data.test_y) == 1797
-  assert 0.0 <= float(np.max(data.x)) <= 1.0
+  assert 0.0 <= float(np.max(data.train.x)) <= 1.0
   assert isinstance(data, FederatedData) and data.num_classes == 10
 
 
@@ -104,3 +108,52 @@ def test_uniform_cohort_has_no_repeats():
     assert 0 <= int(ids.min()) and int(ids.max()) < 50
   with pytest.raises(ConfigError, match='1..50'):
     uniform(num_clients=50, cohort_size=51)
+
+
+def test_client_data_is_flat_with_offsets():
+  """Three clients of 2, 4 and 1 rows of shape (3,): stored as 7 rows with
+  starts 0, 2, 6; a client reads its own rows, an index past its count
+  reads its last one; the stored bytes are the examples', not 3 x 4 rows."""
+  xs = [(np.full((n, 3), i) + np.arange(n)[:, None] / 10).astype(np.float32)
+        for i, n in enumerate((2, 4, 1))]
+  ys = [np.array([0, 1]), np.array([2, 2, 0, 1]), np.array([1])]
+  data = ClientData.from_clients(xs, ys)
+  assert data.x.shape == (7, 3) and data.max_examples == 4
+  np.testing.assert_array_equal(data.start, [0, 2, 6])
+  np.testing.assert_array_equal(data.n, [2, 4, 1])
+  for i in range(3):
+    np.testing.assert_array_equal(data.client(i)[0], xs[i])
+    np.testing.assert_array_equal(data.client(i)[1], ys[i])
+  x, y = jax.jit(data.rows)(1, jnp.array([3, 0, 5]))
+  np.testing.assert_allclose(x[:, 0], [1.3, 1.0, 1.3])
+  np.testing.assert_array_equal(y, [1, 2, 1])
+  x, y, valid = jax.jit(data.gather)(jnp.array([2, 0]))
+  assert x.shape == (2, 4, 3)
+  np.testing.assert_array_equal(valid, [[1, 0, 0, 0], [1, 1, 0, 0]])
+  np.testing.assert_array_equal(y, [[1, 1, 1, 1], [0, 1, 1, 1]])
+  np.testing.assert_array_equal(data.owner(), [0, 0, 1, 1, 1, 1, 2])
+  row_bytes = 3 * 4 + 4
+  assert data.nbytes == 7 * row_bytes + 2 * 3 * 4
+  assert data.padded_nbytes == 3 * 4 * row_bytes + 3 * 4
+
+
+def test_padded_layout_keeps_its_gaps_unowned():
+  x = np.arange(2 * 3, dtype=np.float32).reshape(2, 3, 1)
+  data = ClientData.from_padded(x, np.zeros((2, 3), np.int32), [1, 3])
+  np.testing.assert_array_equal(data.start, [0, 3])
+  np.testing.assert_array_equal(data.owner(), [0, -1, -1, 1, 1, 1])
+  np.testing.assert_array_equal(data.client(1)[0][:, 0], [3, 4, 5])
+  with pytest.raises(ValueError, match=r'clients \[1\] hold no examples'):
+    ClientData.from_clients([np.ones((1, 2)), np.ones((0, 2))],
+                            [np.ones(1), np.ones(0)])
+
+
+def test_federation_reports_stored_against_padded_bytes():
+  data = synthetic(num_clients=30, seed=0)
+  assert data.train.nbytes < 0.3 * data.train.padded_nbytes  # log-normal
+  assert 'MiB stored (padded [N, max_n] layout:' in data.describe()
+  counts = data.label_counts
+  assert counts.shape == (30, 10)
+  np.testing.assert_array_equal(counts.sum(1), data.n)
+  np.testing.assert_array_equal(
+      counts[4], np.bincount(data.train.client(4)[1], minlength=10))

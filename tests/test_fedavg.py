@@ -19,11 +19,12 @@ from fedround.server import init_server_state, optimizer_step
 
 def numpy_fedavg(w, b, data, lr, epochs, rounds):
   """Logistic regression, full-batch local GD, FedAvg weighted by n_i."""
-  x, y, n = np.asarray(data.x), np.asarray(data.y), np.asarray(data.n)
+  n = np.asarray(data.n)
   for _ in range(rounds):
     new_w, new_b = np.zeros_like(w), np.zeros_like(b)
     for i in range(len(n)):
-      xi, yi = x[i, :n[i]].astype(np.float64), y[i, :n[i]]
+      xi, yi = data.train.client(i)
+      xi = xi.astype(np.float64)
       wi, bi = w.copy(), b.copy()
       for _ in range(epochs):
         logits = xi @ wi + bi
@@ -48,7 +49,7 @@ def test_fedavg_equals_numpy(tiny_federation):
                       aggregator=aggregator,
                       server_update=optimizer_step(optax.sgd),
                       participation=uniform(4, 4))
-  params = model.init(jax.random.PRNGKey(1), data.x[0, :1])
+  params = model.init(jax.random.PRNGKey(1), data.train.x[:1])
   state = init_server_state(params, server_update=optimizer_step(optax.sgd),
                             aggregator=aggregator, key=jax.random.PRNGKey(2),
                             client_learning_rate=0.5,

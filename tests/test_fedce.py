@@ -13,6 +13,7 @@ from conftest import assert_trees_close
 from fedround.aggregators import fedce as fedce_lib
 from fedround.rounds import make_mesh
 from fedround.aggregators.base import RoundContext
+from fedround.data import ClientData
 
 DIM, CLASSES, VAL = 3, 3, 6
 
@@ -135,6 +136,11 @@ def federation(population=5, seed=0):
   return params, (x, y, n)
 
 
+def stored(validation):
+  """The padded splits as the federation stores them (None stays None)."""
+  return None if validation is None else ClientData.from_padded(*validation)
+
+
 def random_updates(num_clients, seed):
   rng = np.random.default_rng(seed)
   return {'w': rng.normal(size=(num_clients, DIM, CLASSES)).astype(
@@ -184,7 +190,7 @@ def test_matches_numpy_over_changing_cohorts(with_validation):
   params, validation = federation()
   validation = validation if with_validation else None
   rule = fedce_lib.fedce(population=5, apply_fn=logistic,
-                         validation=validation)
+                         validation=stored(validation))
   reference = NumpyFedCE(5, validation)
   state = rule.init(params)
   cohorts = [([3.0, 1, 2, 0], [0, 1, 2, -1]),   # slot 3 empty
@@ -204,7 +210,7 @@ def test_matches_numpy_over_changing_cohorts(with_validation):
 def test_absent_clients_are_ignored_and_keep_their_state():
   params, validation = federation()
   rule = fedce_lib.fedce(population=5, apply_fn=logistic,
-                         validation=validation)
+                         validation=stored(validation))
   _, state = run(rule, random_updates(5, 0), rule.init(params), params,
                  np.ones(5), np.arange(5))
   updates = random_updates(5, 1)
@@ -233,7 +239,7 @@ def test_identical_clients_get_the_plain_mean(with_validation):
     validation = (np.repeat(x[:1], 4, 0), np.repeat(y[:1], 4, 0),
                   np.repeat(n[:1], 4, 0))
   rule = fedce_lib.fedce(population=4, apply_fn=logistic,
-                         validation=validation)
+                         validation=stored(validation))
   state = rule.init(params)
   for seed in range(2):
     one = random_updates(1, seed)
@@ -263,7 +269,7 @@ def test_parallel_clients_carry_no_direction_signal():
 def test_a_lone_client_gets_all_the_weight():
   params, validation = federation()
   rule = fedce_lib.fedce(population=5, apply_fn=logistic,
-                         validation=validation)
+                         validation=stored(validation))
   updates = random_updates(3, 0)
   aggregate, state = run(rule, updates, rule.init(params), params,
                          [0, 2.0, 0], [-1, 3, 4])
@@ -282,8 +288,8 @@ def test_bad_parameters_are_refused():
   for kwargs, message in [
       (dict(population=0), 'population'), (dict(floor=1.0), 'floor'),
       (dict(floor=-0.1), 'floor'),
-      (dict(validation=validation, apply_fn=None), 'apply_fn'),
-      (dict(population=4, validation=validation), 'one split per client')]:
+      (dict(validation=stored(validation), apply_fn=None), 'apply_fn'),
+      (dict(population=4, validation=stored(validation)), 'one split per client')]:
     with pytest.raises(ValueError, match=message):
       fedce_lib.fedce(**{'population': 5, 'apply_fn': logistic, **kwargs})
 
@@ -291,7 +297,7 @@ def test_bad_parameters_are_refused():
 def test_eager_matches_jit():
   params, validation = federation()
   rule = fedce_lib.fedce(population=5, apply_fn=logistic,
-                         validation=validation)
+                         validation=stored(validation))
   args = (random_updates(4, 0), rule.init(params), params, [1.0, 2, 0, 3],
           [4, 0, 1, 2])
   assert_trees_close(run(rule, *args, jit=False), run(rule, *args),
@@ -301,7 +307,7 @@ def test_eager_matches_jit():
 def test_client_sharded_stack_matches_unsharded():
   params, validation = federation(population=10)
   rule = fedce_lib.fedce(population=10, apply_fn=logistic,
-                         validation=validation)
+                         validation=stored(validation))
   updates = random_updates(8, 0)
   weights = np.array([1.0, 2, 0, 3, 4, 0, 5, 6], np.float32)
   client_ids = np.array([9, 1, -1, 3, 4, 5, 6, 0], np.int32)
@@ -317,7 +323,7 @@ def test_client_sharded_stack_matches_unsharded():
 def test_state_is_a_fixed_carry_for_scanned_rounds():
   params, validation = federation()
   rule = fedce_lib.fedce(population=5, apply_fn=logistic,
-                         validation=validation)
+                         validation=stored(validation))
   stacked = jax.tree.map(lambda *u: np.stack(u), *[random_updates(4, s)
                                                    for s in range(3)])
   ids = np.array([[0, 1, 2, 3], [4, 0, 1, -1], [2, 3, 4, 0]], np.int32)

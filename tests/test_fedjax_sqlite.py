@@ -78,10 +78,9 @@ def test_clients_load_in_row_order_and_the_test_split_is_pooled(files):
   for i, (_, examples) in enumerate(train_clients):
     n = len(examples['label'])
     assert int(data.n[i]) == n
-    np.testing.assert_array_equal(np.asarray(data.x)[i, :n, :, :, 0],
-                                  examples['pixels'])
-    np.testing.assert_array_equal(np.asarray(data.y)[i, :n],
-                                  examples['label'])
+    x, y = data.train.client(i)
+    np.testing.assert_array_equal(x[..., 0], examples['pixels'])
+    np.testing.assert_array_equal(y, examples['label'])
   np.testing.assert_array_equal(data.test_y, np.concatenate(
       [ex['label'] for _, ex in test_clients]))
   inverted = train.load_data(_config(path, invert=True))

@@ -60,9 +60,8 @@ def test_users_become_clients_and_the_test_split_is_pooled(tmp_path):
   assert data.num_clients == len(users)
   np.testing.assert_array_equal(data.n, [len(users[u][1]) for u in order])
   for i, user in enumerate(order):
-    x, y = users[user]
-    np.testing.assert_array_equal(np.asarray(data.x)[i, :len(y)], x)
-    np.testing.assert_array_equal(np.asarray(data.y)[i, :len(y)], y)
+    for stored, written in zip(data.train.client(i), users[user]):
+      np.testing.assert_array_equal(stored, written)
   test_order = list(test)[0::2] + list(test)[1::2]
   np.testing.assert_array_equal(
       data.test_y, np.concatenate([test[u][1] for u in test_order]))
@@ -72,7 +71,7 @@ def test_users_become_clients_and_the_test_split_is_pooled(tmp_path):
   np.testing.assert_allclose(inverted.test_x, 1 - np.asarray(data.test_x))
   # Without a shape the rows stay as stored.
   flat = train.load_data(_config(tmp_path, example_shape=()))
-  assert np.asarray(flat.x).shape[2:] == (64,)
+  assert flat.example_shape == (64,)
 
 
 def test_a_leaf_federation_trains(tmp_path):

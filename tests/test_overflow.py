@@ -13,7 +13,7 @@ import pytest
 
 from fedround.aggregators import AGGREGATORS, build_aggregator
 from fedround.aggregators.base import PreAggregator, RoundContext
-from fedround.data import uniform
+from fedround.data import ClientData, uniform
 from fedround.client import ClientOutput
 from fedround.messages import Payload
 
@@ -79,8 +79,9 @@ def _context():
   x = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
   y = lambda *shape: jnp.asarray(rng.integers(0, 3, shape), jnp.int32)
   return dict(population=CLIENTS, apply_fn=_apply, proxy=(x(16, 10), y(16)),
-              validation=(x(CLIENTS, 4, 10), y(CLIENTS, 4),
-                          jnp.full(CLIENTS, 4, jnp.int32)),
+              validation=ClientData.from_padded(
+                  x(CLIENTS, 4, 10), y(CLIENTS, 4),
+                  np.full(CLIENTS, 4, np.int32)),
               participation=uniform(CLIENTS, CLIENTS))
 
 

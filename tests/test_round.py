@@ -10,7 +10,7 @@ from conftest import assert_trees_close
 from fedround import train
 from fedround.aggregators import build_aggregator
 from fedround.client import make_client
-from fedround.data import FederatedData, uniform
+from fedround.data import ClientData, FederatedData, uniform
 from fedround.messages import identity
 from fedround.models import MODELS
 from fedround.rounds import make_round, make_rounds
@@ -95,13 +95,13 @@ def test_round_traces_once_over_many_calls(tmp_path, traces):
 
 def test_nonfinite_client_updates_are_excluded_and_counted(tiny_federation):
   data = tiny_federation
-  poisoned = np.asarray(data.x).copy()
-  poisoned[1, 0, 0] = np.nan                 # client 1 trains to NaN
-  poisoned[3, 0, 0] = np.inf                 # client 3 to Inf/NaN
-  bad = data.replace(x=poisoned)
+  poisoned = np.asarray(data.train.x).copy()
+  poisoned[data.train.start[1], 0] = np.nan  # client 1 trains to NaN
+  poisoned[data.train.start[3], 0] = np.inf  # client 3 to Inf/NaN
+  bad = data.replace(train=data.train.replace(x=poisoned))
   clean = FederatedData.from_clients(
-      [np.asarray(data.x[i, :data.n[i]]) for i in (0, 2)],
-      [np.asarray(data.y[i, :data.n[i]]) for i in (0, 2)],
+      [data.train.client(i)[0] for i in (0, 2)],
+      [data.train.client(i)[1] for i in (0, 2)],
       data.test_x, data.test_y, 3)
   model = MODELS.build('logistic', 'model', num_classes=3)
   aggregator = build_aggregator('weighted_mean')
@@ -113,7 +113,7 @@ def test_nonfinite_client_updates_are_excluded_and_counted(tiny_federation):
                         aggregator=aggregator,
                         server_update=optimizer_step(optax.sgd),
                         participation=uniform(d.num_clients, d.num_clients))
-    params = model.init(jax.random.PRNGKey(0), d.x[0, :1])
+    params = model.init(jax.random.PRNGKey(0), d.train.x[:1])
     state = init_server_state(params, server_update=optimizer_step(optax.sgd),
                               aggregator=aggregator,
                               key=jax.random.PRNGKey(0),
@@ -129,3 +129,51 @@ def test_nonfinite_client_updates_are_excluded_and_counted(tiny_federation):
   expected, clean_metrics = one_round(clean)  # FedAvg of clients 0 and 2
   assert int(clean_metrics['nonfinite_excluded']) == 0
   assert_trees_close(state.params, expected.params, atol=1e-6)
+
+
+def _padded(data: FederatedData) -> FederatedData:
+  """``data`` in the padded [N, max_n] layout, its padding NaN: a read of a
+  padding row would poison the round."""
+  train_ = data.train
+  x = np.full((data.num_clients, data.max_examples) + data.example_shape,
+              np.nan, np.float32)
+  y = np.full((data.num_clients, data.max_examples), -1, np.int32)
+  for i in range(data.num_clients):
+    xi, yi = train_.client(i)
+    x[i, :len(yi)], y[i, :len(yi)] = xi, yi
+  return data.replace(train=ClientData.from_padded(x, y, train_.n))
+
+
+def test_flat_storage_trains_as_the_padded_layout(tiny_federation):
+  """The flat federation and the same one padded to [N, max_n] (NaN in the
+  padding) give the same parameters and metrics over 2 rounds, with local
+  epochs (a partial last batch), with local steps, and with the clients'
+  Fisher outputs (fisher_merging reads every example)."""
+  flat = tiny_federation
+  padded = _padded(flat)
+  assert padded.train.x.shape[0] == 4 * 8 > flat.train.x.shape[0] == 22
+  model = MODELS.build('logistic', 'model', num_classes=3)
+  params = model.init(jax.random.PRNGKey(0), flat.train.x[:1])
+  for schedule, rule in ((dict(local_epochs=2), 'weighted_mean'),
+                         (dict(local_steps=3), 'weighted_mean'),
+                         (dict(local_steps=2), 'fisher_merging')):
+    aggregator = build_aggregator(rule)
+    client = make_client(model.apply, optax.sgd, batch_size=3,
+                         max_examples=flat.max_examples,
+                         outputs=aggregator.reads.outputs, **schedule)
+    round_ = make_round(client=client, message=identity(),
+                        aggregator=aggregator,
+                        server_update=optimizer_step(optax.sgd),
+                        participation=uniform(4, 3))
+    fn = make_rounds(round_.fn, 2)
+    results = []
+    for data in (flat, padded):
+      state = init_server_state(
+          params, server_update=optimizer_step(optax.sgd),
+          aggregator=aggregator, key=jax.random.PRNGKey(1),
+          client_learning_rate=0.3, server_learning_rate=1.0)
+      results.append(fn(state, (), data, jnp.int32(2)))
+    (flat_state, _, flat_metrics), (padded_state, _, padded_metrics) = results
+    assert np.isfinite(np.asarray(flat_metrics['train_loss'])).all()
+    assert_trees_close(flat_state.params, padded_state.params, atol=1e-6)
+    assert_trees_close(flat_metrics, padded_metrics, atol=1e-6)

@@ -210,7 +210,8 @@ def test_cosine_local_schedule_steps_once_an_epoch():
   loss with gradient 1 moves by -lr x the sum of its steps' multipliers:
   2 epochs of 2 batches, 1 + 1 + 0.5 + 0.5; 4 local steps, 1 + 0.854 + 0.5
   + 0.146; that sum is the round's step count for the mean direction."""
-  from fedround.client import Broadcast, ClientData, ClientInput, make_client
+  from fedround.client import Broadcast, ClientInput, make_client
+  from fedround.data import ClientData
   from fedround.optimizers import LOCAL_SCHEDULES
   cosine = LOCAL_SCHEDULES.build('cosine', 'config.client.local_schedule')
   np.testing.assert_allclose(cosine(jnp.arange(5), 5),
@@ -218,9 +219,9 @@ def test_cosine_local_schedule_steps_once_an_epoch():
   apply_fn = lambda params, x: x * params['w']
   slope = lambda outputs, labels, valid: jnp.sum(
       outputs[:, 0] * valid) / jnp.sum(valid)
-  x, y = jnp.ones((1, 4, 1)), jnp.zeros((1, 4), jnp.int32)
-  broadcast = Broadcast({'w': jnp.zeros(1)}, jnp.float32(0.1), (),
-                        ClientData(x, y, jnp.array([4])))
+  data = ClientData(jnp.ones((4, 1)), jnp.zeros(4, jnp.int32),
+                    jnp.array([0]), jnp.array([4]), 4)
+  broadcast = Broadcast({'w': jnp.zeros(1)}, jnp.float32(0.1), (), data)
   one = ClientInput(jnp.int32(0), jax.random.PRNGKey(0), ())
   for schedule, expected in ((dict(local_epochs=2), 3.0),
                              (dict(local_steps=4), 2.5)):

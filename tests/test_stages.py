@@ -66,7 +66,7 @@ def test_a_round_of_parts_built_by_name(tiny_federation):
       participation=participation,
       message=MESSAGES.build('signs', 'message'),
       attack=ATTACKS.build('sign_flip', 'attack'), byzantine_ids=(1,))
-  params = model.init(jax.random.PRNGKey(0), data.x[0, :1])
+  params = model.init(jax.random.PRNGKey(0), data.train.x[:1])
   state = init_server_state(
       params, server_update=server_update, aggregator=aggregator,
       key=jax.random.PRNGKey(1), client_learning_rate=0.1,

@@ -156,9 +156,10 @@ def test_data_splits_are_taken_out(tmp_path):
   assert len(split.proxy_y) + len(split.test_y) == len(plain.test_y)
   counts = np.bincount(np.asarray(split.proxy_y), minlength=10)
   assert counts.min() == counts.max()  # class-balanced
-  np.testing.assert_array_equal(np.asarray(split.n) + np.asarray(split.val_n),
-                                np.asarray(plain.n))
-  assert np.asarray(split.val_n).min() >= 1
+  np.testing.assert_array_equal(
+      np.asarray(split.n) + np.asarray(split.validation.n),
+      np.asarray(plain.n))
+  assert np.asarray(split.validation.n).min() >= 1
   with pytest.raises(ConfigError, match=r'proxy_fraction must be a number'):
     config.data.proxy_fraction = 1.5
     train.check(config)

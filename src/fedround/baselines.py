@@ -27,19 +27,20 @@ def python_loop_round(client: Client, params, data, ids, keys, *,
   """
   step = step or jax.jit(client.step)
   batches = batches or jax.jit(client.batches)
-  x, y, n = np.asarray(data.x), np.asarray(data.y), np.asarray(data.n)
+  n = np.asarray(data.n)
   host_params = jax.device_get(params)
   summed, weight = None, 0.0
   for cid, key in zip(np.asarray(ids), keys):
     idx, valid = jax.device_get(batches(key, int(n[cid])))
+    x, y = data.train.client(int(cid))
+    idx = np.minimum(idx, n[cid] - 1)  # the slots past n are masked
     local, opt_state = params, client.optimizer(client_learning_rate).init(
         params)
     for k in range(client.num_steps):
       if not valid[k].any():
         break  # the rest of this client's schedule is padding
-      local, opt_state, _ = step(local, opt_state, x[cid][idx[k]],
-                                 y[cid][idx[k]], valid[k],
-                                 client_learning_rate)
+      local, opt_state, _ = step(local, opt_state, x[idx[k]], y[idx[k]],
+                                 valid[k], client_learning_rate)
     delta = jax.tree.map(lambda a, b: np.asarray(a) - b,
                          jax.device_get(local), host_params)
     contribution = jax.tree.map(lambda d: n[cid] * d, delta)
@@ -60,8 +61,7 @@ def make_centralised(client: Client, learning_rate: float):
 
   def centralised(params, data, ids, keys):
     idx, valid = jax.vmap(client.batches)(keys, data.n[ids])  # [C, K, B]
-    x = data.x[ids[:, None, None], idx]                        # [C, K, B, ...]
-    y = data.y[ids[:, None, None], idx]
+    x, y = jax.vmap(data.train.rows)(ids, idx)                 # [C, K, B, ...]
     merge = lambda a: jnp.swapaxes(a, 0, 1).reshape(
         (a.shape[1], -1) + a.shape[3:])                          # [K, C*B, ...]
 

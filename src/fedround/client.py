@@ -1,4 +1,4 @@
-"""Local training: K optax steps of batch size B over a padded client data set.
+"""Local training: K optax steps of batch size B over a client's own rows.
 
 Two schedules, both fixed-length so that clients ``vmap``:
 - ``local_steps=K``: K minibatches of B examples drawn uniformly (with
@@ -23,17 +23,11 @@ import jax.numpy as jnp
 import optax
 
 from fedround.client_algorithms import ClientAlgorithm, LocalTrace, fedavg
+from fedround.data.federated import ClientData
 from fedround.fisher import diagonal_fisher
 from fedround.models import cross_entropy
 from fedround.optimizers import constant_local_schedule
 from fedround.registry import ConfigError
-
-
-class ClientData(NamedTuple):
-  """The federation's training arrays; a client reads its own rows."""
-  x: jax.Array  # [N, max_n, ...]
-  y: jax.Array  # [N, max_n]
-  n: jax.Array  # int32[N], each client's example count
 
 
 class Broadcast(NamedTuple):
@@ -41,7 +35,7 @@ class Broadcast(NamedTuple):
   params: Any               # the global model
   learning_rate: jax.Array  # this round's client learning rate
   shared: Any               # the client algorithm's server-side state
-  data: ClientData
+  data: ClientData          # the federation's training examples
 
 
 class ClientInput(NamedTuple):
@@ -154,12 +148,12 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
     own = client.own
     n = data.n[client.id]
     idx, valid = batches(client.key, n)
-    if local_steps:  # gather only the K * B rows this client will read
-      x = data.x[client.id, idx.reshape(-1)]
-      y = data.y[client.id, idx.reshape(-1)]
-      idx = jnp.arange(num_steps * batch_size).reshape(idx.shape)
-    else:  # epochs read every example: keep the client's whole array
-      x, y = data.x[client.id], data.y[client.id]
+    if local_steps:  # gather the K * B rows this client will read at once
+      x, y = data.rows(client.id, idx.reshape(-1))
+      read = lambda k: jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(
+          a, k * batch_size, batch_size), (x, y))
+    else:  # epochs read every example: gather each step's batch
+      read = lambda k: data.rows(client.id, idx[k])
     per_epoch = (n + batch_size - 1) // batch_size
     steps = local_steps or local_epochs * per_epoch
     # The local schedule runs over the K steps, or the E epochs of
@@ -167,14 +161,15 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
     length = local_steps or local_epochs
     position = lambda k: k if local_steps else k // per_epoch
 
+    slots = jnp.arange(max_examples)
     direction = lambda grads, local: algorithm.direction(
         grads, local, params, own, shared)
 
     def body(carry):
       k, p, s, loss_sum, grad_sum = carry
       rate = learning_rate * local_schedule(position(k), length)
-      p, s, loss, grads = corrected_step(p, s, x[idx[k]], y[idx[k]],
-                                         valid[k], rate, direction)
+      p, s, loss, grads = corrected_step(p, s, *read(k), valid[k], rate,
+                                         direction)
       return (k + 1, p, s, loss_sum + loss,
               jax.tree.map(jnp.add, grad_sum, grads))
 
@@ -193,7 +188,6 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
         mean_gradient=jax.tree.map(lambda g: g / jnp.maximum(steps, 1),
                                    grad_sum),
         params=local, optimizer_state=optimizer_state, steps=steps)
-    mine = jnp.arange(data.x.shape[1]) < n
     return ClientResult(
         delta=jax.tree.map(jnp.subtract, local, params),
         num_examples=n,
@@ -202,7 +196,7 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
         scaled_steps=jnp.sum(local_schedule(jnp.arange(length), length))
         * (1 if local_steps else per_epoch),
         extras={output.value: CLIENT_OUTPUTS[output](
-            apply_fn, local, data.x[client.id], mine)
+            apply_fn, local, data.rows(client.id, slots)[0], slots < n)
                 for output in sorted(outputs, key=lambda o: o.value)},
         own=algorithm.finish(own, trace))
 

@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fedround.aggregators.base import Aggregator, RoundContext
 from fedround.aggregators.stack import zero_absent
 from fedround.attacks.base import Attack, byzantine_mask
-from fedround.client import Broadcast, Client, ClientData, ClientInput
+from fedround.client import Broadcast, Client, ClientInput
 from fedround.data import FederatedData, Participation
 from fedround.messages import Message, float32_bits
 from fedround.models import negative_log_likelihood
@@ -333,7 +333,7 @@ def make_round(*, client: Client, aggregator: Aggregator,
     copying the store."""
     is_byzantine = byzantine_clients(state, data.num_clients)
     cohort = sample(state, is_byzantine)
-    training_data = ClientData(data.x, data.y, data.n)
+    training_data = data.train
     if attacked:
       training_data = attack.poison(training_data, is_byzantine,
                                     data.num_classes)
@@ -437,20 +437,19 @@ def make_evaluate(apply_fn, batch_size: int = 1024):
 
 
 def make_evaluate_clients(apply_fn, batch_size: int = 1024):
-  """jit(params, x [N, max_n, ...], y, n) -> (loss, accuracy) of the global
-  model on the clients' own training examples: each client's mean over its
-  n_i examples, averaged uniformly over the N clients. That is the training
+  """jit(params, train: ClientData) -> (loss, accuracy) of the global model
+  on the clients' own training examples: each client's mean over its n_i
+  examples, averaged uniformly over the N clients. That is the training
   objective f(w) = (1/N) sum_i F_i(w) which FedAU (Wang & Ji, ICLR 2024)
   targets and which averaging only the participants can drift from."""
 
-  def evaluate(params, x, y, n):
-    num_clients, max_n = y.shape
-    nll, correct = _per_example(apply_fn, params,
-                                x.reshape((-1,) + x.shape[2:]),
-                                y.reshape(-1), batch_size)
-    own = jnp.arange(max_n) < n[:, None]
-    per_client = lambda v: jnp.sum(
-        jnp.where(own, v.reshape(num_clients, max_n), 0), 1) / jnp.maximum(n, 1)
+  def evaluate(params, train):
+    nll, correct = _per_example(apply_fn, params, train.x, train.y,
+                                batch_size)
+    owner = train.owner()
+    per_client = lambda v: jax.ops.segment_sum(
+        jnp.where(owner >= 0, v, 0), jnp.maximum(owner, 0),
+        train.num_clients) / jnp.maximum(train.n, 1)
     return jnp.mean(per_client(nll)), jnp.mean(per_client(correct))
 
   return jax.jit(evaluate)

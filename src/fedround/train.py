@@ -71,7 +71,7 @@ class Experiment(NamedTuple):
     config = config or self.config
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state, store = self.initial_state(
-        init_key, run_key, self.data.x[0, :1],
+        init_key, run_key, self.data.train.x[:1],
         jnp.float32(config.client.learning_rate),
         jnp.float32(config.server.learning_rate))
     return place(state, store, self.mesh, self.data.num_clients)
@@ -174,8 +174,7 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
       num_clients=config.clients_per_round, population=data.num_clients,
       participation=participation, apply_fn=model.apply,
       proxy=None if data.proxy_y is None else (data.proxy_x, data.proxy_y),
-      validation=None if data.val_n is None else (data.val_x, data.val_y,
-                                                  data.val_n))
+      validation=data.validation)
   client = make_client(model.apply,
                        build_optimizer(config.client.optimizer,
                                        'config.client.optimizer'),
@@ -473,7 +472,7 @@ def _train(experiment: Experiment, configs, workdirs,
   if replicas:
     evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
     evaluate_clients = jax.jit(jax.vmap(evaluate_clients,
-                                        in_axes=(0, None, None, None)))
+                                        in_axes=(0, None)))
   data = experiment.data
 
   t0 = time.perf_counter()
@@ -486,8 +485,8 @@ def _train(experiment: Experiment, configs, workdirs,
   def evaluate_model(done: Chunk):
     scores['test'] = evaluate(done.state.params, data.test_x, data.test_y)
     if config.eval_train:
-      scores['global_train'] = evaluate_clients(done.state.params, data.x,
-                                                data.y, data.n)
+      scores['global_train'] = evaluate_clients(done.state.params,
+                                                data.train)
 
   def log_rounds(done: Chunk):
     """One metrics row per round and replica, the evaluation on the last;

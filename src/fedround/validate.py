@@ -128,7 +128,7 @@ def _message(config, message, aggregator, attack, model, data) -> None:
     raise ConfigError(
         f'config.attack.name {config.attack.name!r} cannot forge {kind!r} '
         f'messages; attacks on {kind!r} messages: {", ".join(valid)}')
-  problem = message.check(_abstract_params(model, data.x.shape[2:]),
+  problem = message.check(_abstract_params(model, data.example_shape),
                           f'config.model {config.model!r}')
   if problem:
     supermasks = [name for name in MODELS.names()
@@ -179,7 +179,7 @@ def _output_shape(model, example_shape: tuple[int, ...]):
 
 def _probabilistic(config, model, data) -> None:
   """The Fisher of p(y|x) needs logits over the classes, one row each."""
-  shape = _output_shape(model, data.x.shape[2:])
+  shape = _output_shape(model, data.example_shape)
   if shape != (2, data.num_classes):
     raise ConfigError(
         f'config.aggregator {config.aggregator!r} needs each client\'s '

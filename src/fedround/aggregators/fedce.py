@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from fedround.aggregators import stack
 from fedround.aggregators.base import Aggregator, RoundContext
+from fedround.data.federated import ClientData
 
 # Cosines near 1 carry float32 round-off of about 1e-7, so contribution
 # terms summing below this (per client) are no signal: they count as equal.
@@ -32,7 +33,8 @@ class FedCEState(NamedTuple):
 
 
 def fedce(population: int, apply_fn: Callable | None = None,
-          validation: tuple | None = None, floor: float = 1e-3) -> Aggregator:
+          validation: ClientData | None = None,
+          floor: float = 1e-3) -> Aggregator:
   """FedCE (Jiang et al., CVPR 2023), the official "plus" mode.
 
   With the cohort's current coefficients c (each usable client's c from its
@@ -68,11 +70,10 @@ def fedce(population: int, apply_fn: Callable | None = None,
     raise ValueError('fedce scores leave-one-out models on the validation '
                      'splits: it needs the model (apply_fn) too')
   if validation is not None:
-    val_x, val_y, val_n = (jnp.asarray(a) for a in validation)
-    if not len(val_x) == len(val_y) == len(val_n) == population:
+    validation = jax.tree.map(jnp.asarray, validation)
+    if validation.num_clients != population:
       raise ValueError(f'validation must hold one split per client '
-                       f'({population}), got {len(val_x)} inputs, '
-                       f'{len(val_y)} labels, {len(val_n)} counts')
+                       f'({population}), got {validation.num_clients}')
 
   def init(params):
     del params
@@ -82,12 +83,11 @@ def fedce(population: int, apply_fn: Callable | None = None,
 
   def scores(params, updates, mixing, ids):
     """Accuracy of params + sum_j mixing[i, j] Delta_j on i's split."""
-    def score(row, x, y, count):
+    def score(row, x, y, valid):
       model = jax.tree.map(jnp.add, params, stack.combine(updates, row))
       correct = jnp.argmax(apply_fn(model, x), axis=-1) == y
-      valid = jnp.arange(len(y)) < count
-      return jnp.sum(correct & valid) / jnp.maximum(count, 1)
-    return jax.vmap(score)(mixing, val_x[ids], val_y[ids], val_n[ids])
+      return jnp.sum(correct & valid) / jnp.maximum(jnp.sum(valid), 1)
+    return jax.vmap(score)(mixing, *validation.gather(ids))
 
   def update(updates, state, params=None, *, weights, key=None,
              context=RoundContext()):

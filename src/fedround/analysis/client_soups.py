@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedround import train
-from fedround.client import Broadcast, ClientData, ClientInput
+from fedround.client import Broadcast, ClientInput
 from fedround.analysis.ensembles import majority_vote, runoff_election
 from fedround.registry import ConfigError
 from fedround.rounds import make_evaluate
@@ -60,7 +60,7 @@ def client_models(experiment, state, store, key):
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
   broadcast = Broadcast(
       state.params, jnp.float32(experiment.config.client.learning_rate),
-      state.shared, ClientData(*map(jnp.asarray, (data.x, data.y, data.n))))
+      state.shared, jax.tree.map(jnp.asarray, data.train))
   deltas = jax.vmap(experiment.client.update, in_axes=(None, 0))(
       broadcast, ClientInput(ids, keys, store)).delta
   return jax.tree.map(jnp.add, state.params, deltas)

@@ -3,7 +3,7 @@
 An attack has two hooks, one on each place an adversary can act:
 
 - ``poison(data, byzantine, num_classes) -> data``: the training data
-  before local training (``data`` a client.ClientData, ``byzantine``
+  before local training (``data`` a data.ClientData, ``byzantine``
   bool[N]); label flipping poisons here, then Byzantine clients train
   honestly on what it left them. Most attacks leave the data alone.
 - ``forge(messages, *, byzantine, honest, key, aggregate) -> messages``:

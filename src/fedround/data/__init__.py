@@ -1,6 +1,6 @@
 """Federated data sets, partitions and participation models, by name."""
 from fedround.data.digits import digits
-from fedround.data.federated import FederatedData
+from fedround.data.federated import ClientData, FederatedData
 from fedround.data.fedjax_sqlite import fedjax_sqlite
 from fedround.data.leaf import leaf
 from fedround.data.participation import (Participation, bernoulli, cyclic,
@@ -20,5 +20,5 @@ PARTICIPATION.register('bernoulli')(bernoulli)
 PARTICIPATION.register('markov')(markov)
 PARTICIPATION.register('cyclic')(cyclic)
 
-__all__ = ['DATASETS', 'PARTICIPATION', 'FederatedData', 'Participation',
+__all__ = ['DATASETS', 'PARTICIPATION', 'ClientData', 'FederatedData', 'Participation',
            'digits', 'synthetic', 'uniform']
