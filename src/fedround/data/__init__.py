@@ -6,6 +6,7 @@ from fedround.data.leaf import leaf
 from fedround.data.participation import (Participation, bernoulli, cyclic,
                                          markov, uniform)
 from fedround.data.synthetic import synthetic
+from fedround.data.tfds_images import tfds_images
 from fedround.registry import Registry
 
 DATASETS = Registry('data set')
@@ -13,6 +14,7 @@ DATASETS.register('synthetic')(synthetic)
 DATASETS.register('digits')(digits)
 DATASETS.register('leaf')(leaf)
 DATASETS.register('fedjax_sqlite')(fedjax_sqlite)
+DATASETS.register('tfds')(tfds_images)
 
 PARTICIPATION = Registry('participation model')
 PARTICIPATION.register('uniform')(uniform)
