@@ -93,7 +93,7 @@ def test_soup_metrics_of_the_client_models():
                          jax.tree.leaves(models)[0])
 
   metrics = make_soup_metrics(experiment)(state, store, stage_key(0, 2))
-  evaluate = make_evaluate(experiment.model.apply)
+  evaluate = make_evaluate(experiment.model.apply, experiment.task)
   data = on_host.data
   test = lambda p: float(evaluate(p, data.test_x, data.test_y)[1])
   proxy = [float(evaluate(jax.tree.map(lambda m: m[i], models), data.proxy_x,
@@ -127,8 +127,8 @@ def test_ensembles_of_one_or_identical_models_are_that_model():
   data = train.load_data(config)
   params = jax.device_get(experiment.init_state()[0].params)
   apply_fn = experiment.model.apply
-  accuracy = float(make_evaluate(apply_fn)(params, data.test_x,
-                                           data.test_y)[1])
+  accuracy = float(make_evaluate(apply_fn, experiment.task)(
+      params, data.test_x, data.test_y)[1])
   assert len(data.test_y) % 37 and 0 < accuracy < 1
   for copies in (1, 6):
     models = jax.tree.map(lambda p: jnp.stack([p] * copies), params)

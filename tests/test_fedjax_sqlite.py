@@ -3,42 +3,15 @@ writes them (a federated_data table of zlib-compressed msgpack client
 blobs, arrays as msgpack extension type 1) load client by client, train
 through train.run, and bad files fail in one line naming the file."""
 import os
-import sqlite3
-import zlib
 
-import msgpack
 import numpy as np
 import pytest
 
+from conftest import fedjax_blob as _blob
 from conftest import on_files
+from conftest import write_fedjax_sqlite as _write
 from fedround import train
 from fedround.registry import ConfigError
-
-
-def _pack(value):
-  """fedjax.core.serialization's encoding of an ndarray (ext type 1)."""
-  if isinstance(value, np.ndarray):
-    return msgpack.ExtType(1, msgpack.packb(
-        (value.shape, value.dtype.name, value.tobytes('C')),
-        use_bin_type=True))
-  raise TypeError(f'cannot pack {type(value)}')
-
-
-def _blob(examples):
-  return zlib.compress(msgpack.packb(examples, default=_pack,
-                                     strict_types=True))
-
-
-def _write(path, clients, blob=_blob):
-  """``clients``: [(client_id bytes, {feature: array})], as SQLiteBuilder."""
-  with sqlite3.connect(path) as connection:
-    connection.execute('CREATE TABLE federated_data (client_id BLOB NOT NULL '
-                       'PRIMARY KEY, data BLOB NOT NULL, num_examples '
-                       'INTEGER NOT NULL);')
-    connection.executemany(
-        'INSERT INTO federated_data VALUES (?, ?, ?);',
-        [(cid, blob(ex), len(ex['label'])) for cid, ex in clients])
-  connection.close()
 
 
 def _emnist_like(num_clients, low, high, seed):

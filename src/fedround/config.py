@@ -28,6 +28,10 @@ def base_config() -> ml_collections.ConfigDict:
   # optionally the splits fedround takes out of it (DATA_SPLITS).
   c.data = ml_collections.ConfigDict({'name': 'synthetic'})
   c.model = 'logistic'
+  # What the model predicts (fedround.tasks.TASKS): classification, or
+  # next_token(pad, bos, eos, oov) over sequences; it picks the loss and the
+  # metrics.
+  c.task = 'classification'
   c.participation = 'uniform'
   c.client = ml_collections.ConfigDict(dict(
       optimizer='sgd', learning_rate=0.01, batch_size=10,

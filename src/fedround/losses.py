@@ -1,5 +1,6 @@
 """Client objectives by name (``config.client.loss``): a loss is
-``(logits, labels, valid) -> scalar``, valid = 1 on real examples."""
+``(logits, labels, valid) -> scalar``, valid = 1 on real examples. Each
+factory receives the run's task (fedround.tasks)."""
 from __future__ import annotations
 
 import jax
@@ -7,18 +8,23 @@ import jax.numpy as jnp
 
 from fedround.models import cross_entropy as _cross_entropy
 from fedround.registry import Registry
+from fedround.tasks import Task, classification
 
 LOSSES = Registry('client loss')
 
 
-def cross_entropy():
-  """Mean cross-entropy over the valid examples."""
-  return _cross_entropy
+def cross_entropy(task: Task = classification()):
+  """The task's mean cross-entropy over the valid examples (over their
+  non-padding targets for next-token prediction)."""
+  return task.cross_entropy
 
 
-def fedld_margin(lam: float = 0.03):
+def fedld_margin(lam: float = 0.03, task: Task = classification()):
   """Cross-entropy plus FedLD's ``margin_loss`` (lam = 0.03 as in the
-  official code's margin_loss_penalty)."""
+  official code's margin_loss_penalty); classification only."""
+  if task.name != 'classification':
+    raise ValueError(f'fedld_margin is a classification loss; the task is '
+                     f'{task.name}')
   if not lam >= 0:
     raise ValueError(f'lam (the margin-control weight) must be >= 0, got '
                      f'{lam!r}')

@@ -27,7 +27,6 @@ from fedround.attacks.base import Attack, byzantine_mask
 from fedround.client import Broadcast, Client, ClientInput
 from fedround.data import FederatedData, Participation
 from fedround.messages import Message, float32_bits
-from fedround.models import negative_log_likelihood
 from fedround.server import ServerState, ServerUpdate
 
 CLIENTS = 'clients'
@@ -407,49 +406,55 @@ def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):
   return jax.jit(run, donate_argnums=(0, 1))
 
 
-def _per_example(apply_fn, params, x, y, batch_size):
-  """Negative log-likelihood and correctness of every row of ``x``,
+def _scores(apply_fn, score, params, x, y, batch_size):
+  """``score(logits, labels)`` (tasks.Score) of every row of ``x``,
   computed in batches of ``batch_size``."""
   total = x.shape[0]
   pad = -total % batch_size
-  xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-  yp = jnp.concatenate([y, jnp.zeros(pad, y.dtype)])
+  extend = lambda a: jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:],
+                                                   a.dtype)])
+  shape = lambda a: a.reshape((-1, batch_size) + a.shape[1:])
 
   def body(_, batch):
     bx, by = batch
-    logits = apply_fn(params, bx)
-    return None, (negative_log_likelihood(logits, by),
-                  (jnp.argmax(logits, -1) == by).astype(jnp.float32))
+    return None, score(apply_fn(params, bx), by)
 
-  shape = lambda a: a.reshape((-1, batch_size) + a.shape[1:])
-  _, (nll, correct) = jax.lax.scan(body, None, (shape(xp), shape(yp)))
-  return nll.reshape(-1)[:total], correct.reshape(-1)[:total]
+  _, scores = jax.lax.scan(body, None, (shape(extend(x)), shape(extend(y))))
+  return jax.tree.map(lambda a: a.reshape(-1)[:total], scores)
 
 
-def make_evaluate(apply_fn, batch_size: int = 1024):
-  """jit(params, x, y) -> (loss, accuracy) over a test split, in batches."""
+def _ratios(sums):
+  """(loss, accuracy) from summed scores."""
+  return (sums.loss / jnp.maximum(sums.loss_count, 1),
+          sums.correct / jnp.maximum(sums.accuracy_count, 1))
+
+
+def make_evaluate(apply_fn, task, batch_size: int = 1024):
+  """jit(params, x, y) -> (loss, accuracy) over a test split, in batches:
+  the task's (tasks.Task) loss and accuracy over all scored targets."""
 
   def evaluate(params, x, y):
-    nll, correct = _per_example(apply_fn, params, x, y, batch_size)
-    return jnp.mean(nll), jnp.mean(correct)
+    return _ratios(jax.tree.map(jnp.sum, _scores(apply_fn, task.score,
+                                                 params, x, y, batch_size)))
 
   return jax.jit(evaluate)
 
 
-def make_evaluate_clients(apply_fn, batch_size: int = 1024):
+def make_evaluate_clients(apply_fn, task, batch_size: int = 1024):
   """jit(params, train: ClientData) -> (loss, accuracy) of the global model
-  on the clients' own training examples: each client's mean over its n_i
-  examples, averaged uniformly over the N clients. That is the training
-  objective f(w) = (1/N) sum_i F_i(w) which FedAU (Wang & Ji, ICLR 2024)
-  targets and which averaging only the participants can drift from."""
+  on the clients' own training examples: each client's mean over its
+  examples' scored targets, averaged uniformly over the N clients. That is
+  the training objective f(w) = (1/N) sum_i F_i(w) which FedAU (Wang & Ji,
+  ICLR 2024) targets and which averaging only the participants can drift
+  from."""
 
   def evaluate(params, train):
-    nll, correct = _per_example(apply_fn, params, train.x, train.y,
-                                batch_size)
+    scores = _scores(apply_fn, task.score, params, train.x, train.y,
+                     batch_size)
     owner = train.owner()
-    per_client = lambda v: jax.ops.segment_sum(
+    per_client = jax.tree.map(lambda v: jax.ops.segment_sum(
         jnp.where(owner >= 0, v, 0), jnp.maximum(owner, 0),
-        train.num_clients) / jnp.maximum(train.n, 1)
-    return jnp.mean(per_client(nll)), jnp.mean(per_client(correct))
+        train.num_clients), scores)
+    return jax.tree.map(jnp.mean, _ratios(per_client))
 
   return jax.jit(evaluate)

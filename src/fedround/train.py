@@ -38,6 +38,7 @@ from fedround.optimizers import (LOCAL_SCHEDULES, build_optimizer,
                                   build_schedule)
 from fedround.registry import ConfigError
 from fedround.losses import LOSSES
+from fedround.tasks import TASKS
 from fedround.messages import MESSAGES
 from fedround.rounds import (PARTICIPATION_STREAM, Round, make_evaluate,
                              make_evaluate_clients, make_mesh, make_round,
@@ -52,6 +53,7 @@ class Experiment(NamedTuple):
   config: ml_collections.ConfigDict
   data: FederatedData
   model: nn.Module
+  task: Any  # tasks.Task
   client: Client
   round: Round
   server_update: Any  # server.ServerUpdate
@@ -136,6 +138,7 @@ class _Parts(NamedTuple):
   data: FederatedData
   participation: Any
   model: nn.Module
+  task: Any
   client: Client
   aggregator: Any
   server_update: Any
@@ -169,6 +172,7 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
       label_counts=data.label_counts, seed=config.seed)
   model = MODELS.build(config.model, 'config.model',
                        num_classes=data.num_classes)
+  task = TASKS.build(config.task, 'config.task', num_classes=data.num_classes)
   aggregator = build_aggregator(
       config.aggregator, 'config.aggregator',
       num_clients=config.clients_per_round, population=data.num_clients,
@@ -183,7 +187,8 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
                        local_steps=config.client.local_steps,
                        local_epochs=config.client.local_epochs,
                        objective=LOSSES.build(config.client.loss,
-                                              'config.client.loss'),
+                                              'config.client.loss',
+                                              task=task),
                        outputs=aggregator.reads.outputs,
                        local_schedule=LOCAL_SCHEDULES.build(
                            config.client.local_schedule,
@@ -199,8 +204,8 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
                               f'config.{side}.schedule')
                for side in ('client', 'server')]
   message = MESSAGES.build(config.client.message, 'config.client.message')
-  validate.parts(config, data, model, aggregator, attack, message)
-  return _Parts(data, participation, model, client, aggregator,
+  validate.parts(config, data, model, task, aggregator, attack, message)
+  return _Parts(data, participation, model, task, client, aggregator,
                 server_update, attack, *schedules, message)
 
 
@@ -230,7 +235,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       parts.model, parts.client, parts.server_update, parts.aggregator,
       parts.participation, parts.data.num_clients)
   return Experiment(config, replicate(parts.data, mesh), parts.model,
-                    parts.client, round_, parts.server_update,
+                    parts.task, parts.client, round_, parts.server_update,
                     parts.aggregator, mesh, parts.participation,
                     initial_state)
 
@@ -467,8 +472,9 @@ def _train(experiment: Experiment, configs, workdirs,
   chunk = min(math.gcd(config.eval_every, config.checkpoint_every),
               config.rounds)
   rounds_fn = make_rounds(experiment.round.fn, chunk, replicas)
-  evaluate = make_evaluate(experiment.model.apply)
-  evaluate_clients = make_evaluate_clients(experiment.model.apply)
+  evaluate = make_evaluate(experiment.model.apply, experiment.task)
+  evaluate_clients = make_evaluate_clients(experiment.model.apply,
+                                           experiment.task)
   if replicas:
     evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
     evaluate_clients = jax.jit(jax.vmap(evaluate_clients,

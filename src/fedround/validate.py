@@ -99,7 +99,7 @@ def fields(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.attack.ids has repeated clients: {tuple(ids)}')
 
 
-def parts(config, data, model, aggregator, attack, message) -> None:
+def parts(config, data, model, task, aggregator, attack, message) -> None:
   """The built parts against each other and the data (module doc)."""
   if any(i >= data.num_clients for i in config.attack.ids):
     raise ConfigError(f'config.attack.ids: {tuple(config.attack.ids)} names '
@@ -108,6 +108,7 @@ def parts(config, data, model, aggregator, attack, message) -> None:
   if ClientOutput.FISHER in aggregator.reads.outputs:
     _probabilistic(config, model, data)
   _message(config, message, aggregator, attack, model, data)
+  _task(config, task, model, data)
 
 
 def _message(config, message, aggregator, attack, model, data) -> None:
@@ -128,7 +129,7 @@ def _message(config, message, aggregator, attack, model, data) -> None:
     raise ConfigError(
         f'config.attack.name {config.attack.name!r} cannot forge {kind!r} '
         f'messages; attacks on {kind!r} messages: {", ".join(valid)}')
-  problem = message.check(_abstract_params(model, data.example_shape),
+  problem = message.check(_abstract_params(model, _example(data)),
                           f'config.model {config.model!r}')
   if problem:
     supermasks = [name for name in MODELS.names()
@@ -153,8 +154,13 @@ def _message(config, message, aggregator, attack, model, data) -> None:
 _SHAPES: dict = {}
 
 
-def _memo(kind: str, model, example_shape: tuple[int, ...], compute):
-  key = (kind, type(model), repr(model), example_shape)
+def _example(data):
+  """(shape, dtype) of one training example."""
+  return data.example_shape, jnp.dtype(data.train.x.dtype)
+
+
+def _memo(kind: str, model, example, compute):
+  key = (kind, type(model), repr(model), example)
   if key not in _SHAPES:
     if len(_SHAPES) >= 256:
       _SHAPES.clear()
@@ -162,24 +168,48 @@ def _memo(kind: str, model, example_shape: tuple[int, ...], compute):
   return _SHAPES[key]
 
 
-def _abstract_params(model, example_shape: tuple[int, ...]):
-  """The model's parameter shapes (nothing is computed)."""
-  x = jax.ShapeDtypeStruct((1,) + example_shape, jnp.float32)
-  return _memo('params', model, example_shape, lambda: jax.eval_shape(
+def _abstract_params(model, example):
+  """The model's parameter shapes (nothing is computed) on an example of
+  ``example`` = (shape, dtype)."""
+  x = jax.ShapeDtypeStruct((1,) + example[0], example[1])
+  return _memo('params', model, example, lambda: jax.eval_shape(
       model.init, jax.random.PRNGKey(0), x))
 
 
-def _output_shape(model, example_shape: tuple[int, ...]):
+def _output_shape(model, example):
   """The model's output shape on a batch of 2 (nothing is computed)."""
-  x = jax.ShapeDtypeStruct((2,) + example_shape, jnp.float32)
-  return _memo('output', model, example_shape, lambda: jax.eval_shape(
+  x = jax.ShapeDtypeStruct((2,) + example[0], example[1])
+  return _memo('output', model, example, lambda: jax.eval_shape(
       lambda x: model.apply(model.init(jax.random.PRNGKey(0), x), x),
       x).shape)
 
 
+def _task(config, task, model, data) -> None:
+  """Labels and model outputs of the task's shape: one label per example
+  and logits [batch, classes] for classification; a target per input token
+  and logits [batch, length, vocabulary] for next-token prediction."""
+  label_shape = tuple(data.train.y.shape[1:])
+  if task.name == 'next_token':
+    expected, labels = (2, *label_shape, data.num_classes), 'sequences'
+    wrong = len(label_shape) != 1 or label_shape != data.example_shape
+  else:
+    expected, labels = (2, data.num_classes), 'one integer per example'
+    wrong = label_shape != ()
+  if wrong:
+    raise ConfigError(
+        f'config.task {config.task!r} needs labels that are {labels}; '
+        f'config.data {config.data.name!r} has labels of shape '
+        f'{label_shape} for examples of shape {data.example_shape}')
+  shape = _output_shape(model, _example(data))
+  if shape != expected:
+    raise ConfigError(
+        f'config.model {config.model!r} outputs {shape} for a batch of 2; '
+        f'config.task {config.task!r} needs {expected}')
+
+
 def _probabilistic(config, model, data) -> None:
   """The Fisher of p(y|x) needs logits over the classes, one row each."""
-  shape = _output_shape(model, data.example_shape)
+  shape = _output_shape(model, _example(data))
   if shape != (2, data.num_classes):
     raise ConfigError(
         f'config.aggregator {config.aggregator!r} needs each client\'s '

@@ -98,8 +98,10 @@ def make_soup_metrics(experiment) -> Callable[[Any, Any, jax.Array], dict]:
                       'single model and the greedy soup are chosen on the '
                       'server proxy set (e.g. 0.05 of the test split)')
   apply_fn = experiment.model.apply
-  proxy_evaluate = make_evaluate(apply_fn, len(data.proxy_y))
-  test_evaluate = make_evaluate(apply_fn, min(1024, len(data.test_y)))
+  proxy_evaluate = make_evaluate(apply_fn, experiment.task,
+                                 len(data.proxy_y))
+  test_evaluate = make_evaluate(apply_fn, experiment.task,
+                                min(1024, len(data.test_y)))
 
   @jax.jit
   def metrics(state, store, data, key):

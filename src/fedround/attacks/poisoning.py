@@ -12,6 +12,7 @@ def label_flip() -> Attack:
   def poison(data, byzantine, num_classes):
     owner = data.owner()
     flipped = (owner >= 0) & byzantine[jnp.maximum(owner, 0)]
+    flipped = flipped.reshape(flipped.shape + (1,) * (data.y.ndim - 1))
     return data.replace(y=jnp.where(flipped, num_classes - 1 - data.y,
                                     data.y))
 

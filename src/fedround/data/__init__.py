@@ -2,6 +2,7 @@
 from fedround.data.digits import digits
 from fedround.data.federated import ClientData, FederatedData
 from fedround.data.fedjax_sqlite import fedjax_sqlite
+from fedround.data.fedjax_text import fedjax_shakespeare, fedjax_stackoverflow
 from fedround.data.leaf import leaf
 from fedround.data.participation import (Participation, bernoulli, cyclic,
                                          markov, uniform)
@@ -14,6 +15,8 @@ DATASETS.register('synthetic')(synthetic)
 DATASETS.register('digits')(digits)
 DATASETS.register('leaf')(leaf)
 DATASETS.register('fedjax_sqlite')(fedjax_sqlite)
+DATASETS.register('fedjax_shakespeare')(fedjax_shakespeare)
+DATASETS.register('fedjax_stackoverflow')(fedjax_stackoverflow)
 DATASETS.register('tfds')(tfds_images)
 
 PARTICIPATION = Registry('participation model')

@@ -158,10 +158,12 @@ class FederatedData:
 
   @property
   def label_counts(self) -> np.ndarray:
-    """int[N, L]: each client's training examples per class."""
+    """int[N, L]: each client's training labels per class (tokens per id
+    for sequence labels)."""
     y, start, n = (np.asarray(a) for a in (self.train.y, self.train.start,
                                            self.train.n))
-    return np.stack([np.bincount(y[s:s + c], minlength=self.num_classes)
+    return np.stack([np.bincount(y[s:s + c].ravel(),
+                                 minlength=self.num_classes)
                      [:self.num_classes] for s, c in zip(start, n)])
 
   def with_splits(self, proxy_fraction: float = 0.0,

@@ -5,10 +5,10 @@ One table, ``federated_data(client_id BLOB PRIMARY KEY, data BLOB,
 num_examples INTEGER)``; each client's ``data`` is zlib-compressed msgpack
 of a dict from feature name to array, an array packed as msgpack extension
 type 1 holding ``(shape, dtype name, C-order bytes)`` (fedjax.core.
-serialization). This reader takes classification data with numeric
-features (EMNIST: ``pixels`` [n, 28, 28] float32 and ``label``; CIFAR-100:
-``image`` and ``label`` or ``coarse_label``); Shakespeare and Stack Overflow
-hold text and need a next-token task, which fedround does not have yet.
+serialization; type 4 an array of byte strings). This reader takes
+classification data with numeric features (EMNIST: ``pixels`` [n, 28, 28]
+float32 and ``label``; CIFAR-100: ``image`` and ``label`` or
+``coarse_label``); fedjax_text reads Shakespeare and Stack Overflow.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from fedround.data.files import check_labels, check_num_classes, federation
 TABLE = 'federated_data(client_id, data, num_examples)'
 _NDARRAY = 1  # fedjax.core.serialization._MsgpackExtType.ndarray
 _NPSCALAR = 3
+_BYTES_NDARRAY = 4
 
 
 def fedjax_sqlite(train_path: str, test_path: str, num_classes: int,
@@ -45,9 +46,9 @@ def fedjax_sqlite(train_path: str, test_path: str, num_classes: int,
   return federation(train, test, num_classes, invert)
 
 
-def _read(path, x_name, y_name, num_classes, shape):
-  """'{path}: client {id}' -> (x, y) of every client of one file, in row
-  order."""
+def client_features(path: str):
+  """('{path}: client {id}', its features, num_examples) of every client of
+  a FedJAX SQLite file, in row order."""
   if not os.path.isfile(path):
     raise ValueError(f'{path}: no such file; expected a FedJAX SQLite file '
                      f'(a table {TABLE})')
@@ -63,23 +64,34 @@ def _read(path, x_name, y_name, num_classes, shape):
                      f'table {TABLE}') from None
   if not rows:
     raise ValueError(f'{path}: the table federated_data holds no clients')
-  clients = {}
   for client_id, blob, count in rows:
     name = (client_id.decode(errors='replace')
             if isinstance(client_id, bytes) else str(client_id))
     where = f'{path}: client {name!r}'
-    features = _features(where, blob)
-    missing = [f for f in (x_name, y_name) if f not in features]
-    if missing:
-      raise ValueError(f'{where} has features '
-                       f'{", ".join(sorted(map(str, features)))};'
-                       f' no {", ".join(map(repr, missing))} (data.x, '
-                       'data.y)')
+    yield where, _features(where, blob), count
+
+
+def check_features(where: str, features: dict, names, fields: str) -> None:
+  """``features`` hold every one of ``names`` (the config ``fields``)."""
+  missing = [f for f in names if f not in features]
+  if missing:
+    raise ValueError(f'{where} has features '
+                     f'{", ".join(sorted(map(str, features)))};'
+                     f' no {", ".join(map(repr, missing))} ({fields})')
+
+
+def _read(path, x_name, y_name, num_classes, shape):
+  """'{path}: client {id}' -> (x, y) of every client of one file, in row
+  order."""
+  clients = {}
+  for where, features, count in client_features(path):
+    check_features(where, features, (x_name, y_name), 'data.x, data.y')
     xs, ys = features[x_name], features[y_name]
     if not (isinstance(xs, np.ndarray) and xs.ndim >= 1 and (
         np.issubdtype(xs.dtype, np.number) or xs.dtype.name == 'bfloat16')):
-      raise ValueError(f'{where}: {x_name!r} is not a numeric array (text '
-                       'data sets need a text task)')
+      raise ValueError(f'{where}: {x_name!r} is not a numeric array (text: '
+                       "data.name 'fedjax_shakespeare' or "
+                       "'fedjax_stackoverflow')")
     if not (isinstance(ys, np.ndarray) and ys.ndim == 1
             and np.issubdtype(ys.dtype, np.integer)):
       raise ValueError(f'{where}: {y_name!r} must be a 1-D integer array of '
@@ -113,9 +125,12 @@ def _features(where, blob) -> dict:
 
 
 def _unpack_array(code, data):
-  """fedjax.core.serialization's numeric array extension types."""
+  """fedjax.core.serialization's array extension types."""
+  if code == _BYTES_NDARRAY:
+    shape, flat = msgpack.unpackb(data, raw=True)
+    return np.array(flat, dtype=object).reshape(shape)
   if code not in (_NDARRAY, _NPSCALAR):
-    return msgpack.ExtType(code, data)  # e.g. byte strings: not numeric
+    return msgpack.ExtType(code, data)
   shape, dtype, buffer = msgpack.unpackb(data, raw=True)
   array = np.frombuffer(buffer, dtype=np.dtype(dtype.decode())).reshape(shape)
   return array if code == _NDARRAY else array[()]

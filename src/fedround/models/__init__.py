@@ -7,7 +7,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedround.models.convolution import IMPLEMENTATIONS, resolve, shifted_conv
+from fedround.models.convolution import IMPLEMENTATIONS, ShiftedConv, resolve
+from fedround.models.reference import (EmnistCNN, LSTMLanguageModel,
+                                       ResNet18GN, TransformerLM)
 from fedround.models.supermask import SupermaskCNN, SupermaskMLP
 from fedround.registry import ConfigError, Registry
 
@@ -34,22 +36,6 @@ class MLP(nn.Module):
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))
     return nn.Dense(self.num_classes)(x)
-
-
-class ShiftedConv(nn.Module):
-  """A stride-1 SAME convolution computed as a sum of kh * kw shifted
-  matmuls (convolution.shifted_conv, fast on CPU), with nn.Conv's
-  parameters (kernel [kh, kw, in, out], bias)."""
-  features: int
-  kernel_size: tuple[int, int] = (3, 3)
-
-  @nn.compact
-  def __call__(self, x):
-    kh, kw = self.kernel_size
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (kh, kw, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    return shifted_conv(x, kernel) + bias
 
 
 NORM_GROUPS = 4  # GroupNorm groups per conv layer of CNN(norm='group')
@@ -109,6 +95,60 @@ def cnn(num_classes: int, features: Sequence[int] = (16, 32),
   return CNN(num_classes, tuple(features), dense, conv, norm)
 
 
+def _check_conv(conv) -> None:
+  if conv not in IMPLEMENTATIONS:
+    raise ValueError(f'conv must be one of {", ".join(IMPLEMENTATIONS)}, '
+                     f'got {conv!r}')
+
+
+def _check_positive(**sizes) -> None:
+  for name, value in sizes.items():
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool)
+                             and v > 0 for v in values):
+      raise ValueError(f'{name} must be a positive integer (or a tuple of '
+                       f'them), got {value!r}')
+
+
+def emnist_cnn(num_classes: int, conv: str = 'auto') -> nn.Module:
+  """FedJAX's / Reddi et al.'s EMNIST CNN (models.reference)."""
+  _check_conv(conv)
+  return EmnistCNN(num_classes, conv)
+
+
+def resnet18_gn(num_classes: int, width: int = 64, groups: int = 2,
+                conv: str = 'auto') -> nn.Module:
+  """TFF's ResNet-18 with group norm (models.reference)."""
+  _check_conv(conv)
+  _check_positive(width=width, groups=groups)
+  if width % groups:
+    raise ValueError(f'groups ({groups}) must divide width ({width})')
+  return ResNet18GN(num_classes, width, groups, conv)
+
+
+def lstm_lm(num_classes: int, embed: int = 8,
+            hidden: Sequence[int] = (256, 256),
+            projection: int = 0) -> nn.Module:
+  """The LSTM next-token model (models.reference); Shakespeare: the
+  defaults; Stack Overflow: embed=96, hidden=(670,), projection=96."""
+  _check_positive(embed=embed, hidden=tuple(hidden))
+  if not isinstance(projection, int) or projection < 0:
+    raise ValueError(f'projection must be an integer >= 0, got '
+                     f'{projection!r}')
+  return LSTMLanguageModel(num_classes, embed, tuple(hidden), projection)
+
+
+def transformer_lm(num_classes: int, width: int = 128, depth: int = 2,
+                   heads: int = 4, mlp: int = 512,
+                   max_length: int = 128) -> nn.Module:
+  """A small decoder-only transformer (models.reference)."""
+  _check_positive(width=width, depth=depth, heads=heads, mlp=mlp,
+                  max_length=max_length)
+  if width % heads:
+    raise ValueError(f'heads ({heads}) must divide width ({width})')
+  return TransformerLM(num_classes, width, depth, heads, mlp, max_length)
+
+
 def _check_keep_fraction(k) -> None:
   if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 1:
     raise ValueError(f'k (the fraction of edges each layer keeps) must be '
@@ -128,9 +168,7 @@ def supermask_cnn(num_classes: int, features: Sequence[int] = (32, 64),
                   conv: str = 'auto') -> nn.Module:
   """FRL's supermask LeNet (models.supermask)."""
   _check_keep_fraction(k)
-  if conv not in IMPLEMENTATIONS:
-    raise ValueError(f'conv must be one of {", ".join(IMPLEMENTATIONS)}, '
-                     f'got {conv!r}')
+  _check_conv(conv)
   return SupermaskCNN(num_classes, tuple(features), dense, k, seed, conv)
 
 
@@ -151,3 +189,7 @@ MODELS.register('mlp')(mlp)
 MODELS.register('cnn')(cnn)
 MODELS.register('supermask_mlp')(supermask_mlp)
 MODELS.register('supermask_cnn')(supermask_cnn)
+MODELS.register('emnist_cnn')(emnist_cnn)
+MODELS.register('resnet18_gn')(resnet18_gn)
+MODELS.register('lstm_lm')(lstm_lm)
+MODELS.register('transformer_lm')(transformer_lm)
