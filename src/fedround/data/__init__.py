@@ -8,6 +8,7 @@ from fedround.data.participation import (Participation, bernoulli, cyclic,
                                          markov, uniform)
 from fedround.data.synthetic import synthetic
 from fedround.data.tfds_images import tfds_images
+from fedround.data.tff_sqlite import tff_sqlite
 from fedround.registry import Registry
 
 DATASETS = Registry('data set')
@@ -18,6 +19,7 @@ DATASETS.register('fedjax_sqlite')(fedjax_sqlite)
 DATASETS.register('fedjax_shakespeare')(fedjax_shakespeare)
 DATASETS.register('fedjax_stackoverflow')(fedjax_stackoverflow)
 DATASETS.register('tfds')(tfds_images)
+DATASETS.register('tff_sqlite')(tff_sqlite)
 
 PARTICIPATION = Registry('participation model')
 PARTICIPATION.register('uniform')(uniform)
