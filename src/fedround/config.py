@@ -17,6 +17,11 @@ from fedround.registry import ConfigError
 # taken out of the test split, and a validation split out of each client's
 # examples (FederatedData.with_splits). Both default to 0 (none).
 DATA_SPLITS = ('proxy_fraction', 'validation_fraction')
+# Where the training examples live: 'device' (default; replicated on every
+# device) or 'host' (host memory; each round's cohort is packed and sent
+# ahead, fedround.data.host). Also a config.data key that is fedround's.
+PLACEMENTS = ('device', 'host')
+DATA_OPTIONS = DATA_SPLITS + ('placement',)
 
 
 def base_config() -> ml_collections.ConfigDict:

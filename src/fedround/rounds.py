@@ -73,6 +73,9 @@ class Round(NamedTuple):
   fn: Callable  # (state, store, data, active=True) -> (state, store, metrics)
   cohort: Callable  # state -> (ids, present, client_keys, aggregate_key)
   cohort_buffer: int  # cohort size padded to a multiple of the device count
+  # (state, R) -> ids int32[R, B]: the cohort buffers of rounds
+  # state.round .. + R - 1 (participation never depends on training)
+  cohorts: Callable
 
 
 def _tree_all_finite(tree):
@@ -368,12 +371,20 @@ def make_round(*, client: Client, aggregator: Aggregator,
                               participation=cohort.participation)
     return new_state, store, metrics
 
+  population = len(participation.probabilities)
+
   def cohort_of(state: ServerState):
-    cohort = sample(state, byzantine_clients(
-        state, len(participation.probabilities)))
+    cohort = sample(state, byzantine_clients(state, population))
     return cohort.ids, cohort.present, cohort.keys, cohort.rule_key
 
-  return Round(round_fn, cohort_of, buffer)
+  def cohorts_of(state: ServerState, rounds: int):
+    def next_round(state, _):
+      cohort = sample(state, byzantine_clients(state, population))
+      return state.replace(round=state.round + 1,
+                           participation=cohort.participation), cohort.ids
+    return jax.lax.scan(next_round, state, None, length=rounds)[1]
+
+  return Round(round_fn, cohort_of, buffer, cohorts_of)
 
 
 def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):
@@ -382,6 +393,11 @@ def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):
   past ``num_active`` leave both untouched, so a short last chunk reuses the
   same compiled function. The state and the store are donated.
 
+  With the federation on the host (``host.pack``), ``fn(state, store, data,
+  num_active, trains)`` takes each round's packed training examples,
+  ``trains`` (a ClientData with a leading axis of the R rounds), in place
+  of ``data.train``.
+
   With ``replicas`` the state and store have a leading replica axis (runs
   that differ in seed or in ``state.hparams``) and the round is vmapped over
   it, sharing the data; metrics come back as [rounds, replicas].
@@ -389,18 +405,20 @@ def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):
   if replicas:
     round_fn = jax.vmap(round_fn, in_axes=(0, 0, None, None))
 
-  def run(state, store, data, num_active):
-    def body(carry, t):
+  def run(state, store, data, num_active, trains=None):
+    def body(carry, inputs):
       state, store = carry
+      t, train = inputs
       active = t < num_active
+      round_data = data if train is None else data.replace(train=train)
       # The round itself leaves the per-client store alone when inactive;
       # selecting it here too would copy all N rows every round.
-      new_state, store, metrics = round_fn(state, store, data, active)
+      new_state, store, metrics = round_fn(state, store, round_data, active)
       state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state,
                            state)
       return (state, store), metrics
-    (state, store), metrics = jax.lax.scan(body, (state, store),
-                                           jnp.arange(rounds_per_call))
+    (state, store), metrics = jax.lax.scan(
+        body, (state, store), (jnp.arange(rounds_per_call), trains))
     return state, store, metrics
 
   return jax.jit(run, donate_argnums=(0, 1))

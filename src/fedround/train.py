@@ -26,6 +26,7 @@ from absl import logging
 
 from fedround import config as config_lib
 from fedround import validate
+from fedround.data import host
 from fedround.aggregators import build_aggregator
 from fedround.aggregators.base import Aggregate
 from fedround.attacks import ATTACKS
@@ -107,9 +108,14 @@ class RunResult(NamedTuple):
   summary: dict
 
 
+def on_host(config) -> bool:
+  """Whether the run keeps its training examples on the host."""
+  return config.data.get('placement', 'device') == 'host'
+
+
 def _data_kwargs(config) -> dict:
   return {k: v for k, v in config.data.items()
-          if k != 'name' and k not in config_lib.DATA_SPLITS}
+          if k != 'name' and k not in config_lib.DATA_OPTIONS}
 
 
 _DATA_CACHE: dict[str, FederatedData] = {}
@@ -169,7 +175,9 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
   participation = PARTICIPATION.build(
       config.participation, 'config.participation',
       num_clients=data.num_clients, cohort_size=config.clients_per_round,
-      label_counts=data.label_counts, seed=config.seed)
+      # Label mixes of class labels; sequence tasks' mixes are simulated.
+      label_counts=data.label_counts if data.train.y.ndim == 1 else None,
+      seed=config.seed)
   model = MODELS.build(config.model, 'config.model',
                        num_classes=data.num_classes)
   task = TASKS.build(config.task, 'config.task', num_classes=data.num_classes)
@@ -234,7 +242,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   initial_state = _make_initial_state(
       parts.model, parts.client, parts.server_update, parts.aggregator,
       parts.participation, parts.data.num_clients)
-  return Experiment(config, replicate(parts.data, mesh), parts.model,
+  data = parts.data
+  if on_host(config):  # the training examples stay in host memory
+    data = replicate(data.replace(train=None), mesh).replace(train=data.train)
+  else:
+    data = replicate(data, mesh)
+  return Experiment(config, data, parts.model,
                     parts.task, parts.client, round_, parts.server_update,
                     parts.aggregator, mesh, parts.participation,
                     initial_state)
@@ -384,6 +397,9 @@ def run_replicas(configs: list[ml_collections.ConfigDict],
     for workdir in workdirs:
       held.enter_context(hold(workdir))
     configs = [resolve(config) for config in configs]
+    if on_host(configs[0]):
+      raise ConfigError("replicas share one federation on the device; they "
+                        "need config.data.placement='device'")
     experiment = build(configs[0])
     for config, workdir in zip(configs, workdirs):
       check(config)
@@ -414,15 +430,19 @@ class Periodic(NamedTuple):
 
 
 def _loop(compiled, state, store, data, start: int, rounds: int,
-          chunk: int, actions: list[Periodic]):
+          chunk: int, actions: list[Periodic], feed=None):
   """Calls ``compiled`` (chunk rounds a call) from round ``start`` to
-  ``rounds``, and after each call the actions that are due, in order.
-  Returns the state, the store, the rounds trained and the seconds."""
+  ``rounds``, and after each call the actions that are due, in order; with
+  the federation on the host, ``feed`` (host.HostFeed) gives each call its
+  cohorts' examples. Returns the state, the store, the rounds trained and
+  the seconds."""
   round_, train_seconds = start, 0.0
   while round_ < rounds:
     active = min(chunk, rounds - round_)
     t0 = time.perf_counter()
-    state, store, metrics = compiled(state, store, data, jnp.int32(active))
+    trains = () if feed is None else (feed.take(state),)
+    state, store, metrics = compiled(state, store, data, jnp.int32(active),
+                                     *trains)
     metrics = jax.device_get(metrics)
     train_seconds += time.perf_counter() - t0
     round_ += active
@@ -479,10 +499,18 @@ def _train(experiment: Experiment, configs, workdirs,
     evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
     evaluate_clients = jax.jit(jax.vmap(evaluate_clients,
                                         in_axes=(0, None)))
-  data = experiment.data
+  data, feed, trains = experiment.data, None, ()
+  if on_host(config):
+    rows = host.capacity(data.train, experiment.round.cohort_buffer)
+    feed = host.HostFeed(
+        data.train, jax.jit(experiment.round.cohorts, static_argnums=1),
+        chunk, rows, lambda packed: replicate(packed, experiment.mesh))
+    trains = (host.packed_shapes(data.train, chunk, rows, experiment.mesh),)
+    data = data.replace(train=None)
 
   t0 = time.perf_counter()
-  compiled = rounds_fn.lower(state, store, data, jnp.int32(chunk)).compile()
+  compiled = rounds_fn.lower(state, store, data, jnp.int32(chunk),
+                             *trains).compile()
   compile_seconds = time.perf_counter() - t0
   bar = tqdm.tqdm(total=config.rounds, initial=start, unit='round',
                   disable=not config.progress, dynamic_ncols=True, leave=None)
@@ -550,13 +578,17 @@ def _train(experiment: Experiment, configs, workdirs,
           + (f'the last good checkpoint, round {kept}, is kept'
              if kept else 'no round was good enough to checkpoint'))
 
-  state, store, round_, train_seconds = _loop(
-      compiled, state, store, data, start, config.rounds, chunk, [
-          Periodic(config.eval_every, evaluate_model),
-          Periodic(1, log_rounds),
-          Periodic(config.checkpoint_every, checkpoint),
-          Periodic(1, show_progress),
-          Periodic(1, halt)])
+  try:
+    state, store, round_, train_seconds = _loop(
+        compiled, state, store, data, start, config.rounds, chunk, [
+            Periodic(config.eval_every, evaluate_model),
+            Periodic(1, log_rounds),
+            Periodic(config.checkpoint_every, checkpoint),
+            Periodic(1, show_progress),
+            Periodic(1, halt)], feed)
+  finally:
+    if feed is not None:
+      feed.close()
   bar.close()
 
   results = []
@@ -574,7 +606,11 @@ def _train(experiment: Experiment, configs, workdirs,
             (round_ - start) / max(train_seconds, 1e-9), 2),
         'replicas': len(logs),
         'devices': 1 if experiment.mesh is None else experiment.mesh.size,
-        'data': data.describe(),
+        'data': experiment.data.describe(),
+        **({} if feed is None else {
+            'placement': 'host',
+            'chunks_prefetched': feed.prefetched,
+            'input_wait_seconds': round(feed.wait_seconds, 3)}),
     }
     with open(log.summary_path, 'w') as f:
       json.dump(summary, f, indent=2)

@@ -23,7 +23,7 @@ import ml_collections
 from fedround.aggregators.base import Aggregate
 from fedround.attacks import ATTACKS
 from fedround.client import ClientOutput
-from fedround.config import DATA_SPLITS, base_config
+from fedround.config import DATA_SPLITS, PLACEMENTS, base_config
 from fedround.messages import MESSAGES
 from fedround.models import MODELS
 from fedround.registry import ConfigError, non_finite
@@ -78,6 +78,13 @@ def fields(config: ml_collections.ConfigDict) -> None:
         not 0 <= value < 1):
       raise ConfigError(f'config.data.{split} must be a number in [0, 1), '
                         f'got {value!r}')
+  placement = config.data.get('placement', 'device')
+  if placement not in PLACEMENTS:
+    raise ConfigError(f'config.data.placement must be one of '
+                      f'{", ".join(map(repr, PLACEMENTS))}, got {placement!r}')
+  if placement == 'host' and config.eval_train:
+    raise ConfigError("config.eval_train reads every client's examples on "
+                      "the device; it needs config.data.placement='device'")
   fraction, ids = config.attack.fraction, config.attack.ids
   if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or (
       not 0 <= fraction < 1):
