@@ -107,6 +107,94 @@ def write_fedjax_sqlite(path, clients, blob=fedjax_blob):
   connection.close()
 
 
+def _varint(n: int) -> bytes:
+  n &= (1 << 64) - 1  # negative int64s as two's complement
+  out = bytearray()
+  while True:
+    byte, n = n & 0x7F, n >> 7
+    out.append(byte | (0x80 if n else 0))
+    if not n:
+      return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:  # length-delimited
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _example(features: dict) -> bytes:
+  """tf.train.Example: Features(1) of map entries (key 1, Feature 2);
+  Feature: bytes_list 1, float_list 2 (packed floats), int64_list 3 (packed
+  varints)."""
+  import struct
+  entries = b''
+  for key, values in features.items():
+    if isinstance(values[0], bytes):
+      feature = _field(1, b''.join(_field(1, v) for v in values))
+    elif isinstance(values[0], float):
+      feature = _field(2, _field(1, struct.pack(f'<{len(values)}f', *values)))
+    else:
+      feature = _field(3, _field(1, b''.join(_varint(int(v))
+                                             for v in values)))
+    entries += _field(1, _field(1, key.encode()) + _field(2, feature))
+  return _field(1, entries)
+
+
+def write_tff_sqlite(path, clients):
+  """A TFF SQLite file: ``clients`` {(split, client_id): [feature dicts]}
+  in its examples and client_metadata tables."""
+  import sqlite3
+  with sqlite3.connect(path) as connection:
+    connection.execute('CREATE TABLE examples (split_name TEXT NOT NULL, '
+                       'client_id TEXT NOT NULL, serialized_example_proto '
+                       'BLOB NOT NULL)')
+    connection.execute('CREATE TABLE client_metadata (client_id TEXT NOT '
+                       'NULL, split_name TEXT NOT NULL, num_examples INTEGER '
+                       'NOT NULL)')
+    for (split, cid), examples in clients.items():
+      connection.executemany('INSERT INTO examples VALUES (?, ?, ?)',
+                             [(split, cid, _example(e)) for e in examples])
+      connection.execute('INSERT INTO client_metadata VALUES (?, ?, ?)',
+                         (cid, split, len(examples)))
+  connection.close()
+
+
+def _png(image) -> bytes:
+  import io
+  import PIL.Image
+  out = io.BytesIO()
+  PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1
+                      else image).save(out, format='PNG')
+  return out.getvalue()
+
+
+def prepare_tfds(data_dir, name, splits):
+  """Prepares ``name`` in ``data_dir`` with the real TFDS builder's
+  features and version from ``splits`` (split -> list of example dicts of
+  numpy images and int labels), as `tfds build` would."""
+  import tensorflow_datasets as tfds
+  real = tfds.builder(name, data_dir=str(data_dir / 'none'))
+
+  class Fixture(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = real.info.version
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=real.info.features)
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(examples)
+              for split, examples in splits.items()}
+
+    def _generate_examples(self, examples):
+      for i, example in enumerate(examples):
+        yield i, {k: _png(v) if k == 'image' else v
+                  for k, v in example.items()}
+
+  Fixture.name = name
+  Fixture(data_dir=str(data_dir), file_format='array_record'
+          ).download_and_prepare()
+
+
 def counting(round_):
   """``round_`` with its fn counting its traces, and the count (a list of
   one int): the round is one jitted function when it stays at 1."""

@@ -2,51 +2,15 @@
 files of PNG-encoded images, with the real builder's features and version)
 load through tfds.data_source, split by each partition, train through
 train.run, and bad input fails in one line."""
-import io
-
 import numpy as np
-import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
 from conftest import on_files
+from conftest import prepare_tfds as _build
 from fedround import train
 from fedround.data.partitions import iid, label_shards, pachinko
 from fedround.registry import ConfigError
-
-
-def _png(image: np.ndarray) -> bytes:
-  out = io.BytesIO()
-  PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1
-                      else image).save(out, format='PNG')
-  return out.getvalue()
-
-
-def _build(data_dir, name, splits):
-  """Prepares ``name`` in ``data_dir`` with the real TFDS builder's
-  features and version from ``splits`` (split -> list of example dicts of
-  numpy images and int labels), as `tfds build` would."""
-  real = tfds.builder(name, data_dir=str(data_dir / 'none'))
-
-  class Fixture(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    VERSION = real.info.version
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=real.info.features)
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {split: self._generate_examples(examples)
-              for split, examples in splits.items()}
-
-    def _generate_examples(self, examples):
-      for i, example in enumerate(examples):
-        yield i, {k: _png(v) if k == 'image' else v
-                  for k, v in example.items()}
-
-  Fixture.name = name
-  Fixture(data_dir=str(data_dir), file_format='array_record'
-          ).download_and_prepare()
 
 
 def _images(rng, count, shape, classes, coarse=None):

@@ -1,65 +1,17 @@
 """TFF's SQLite federations: a file written here as TFF lays it out (one
-tf.train.Example per row, encoded by a hand-written protobuf wire encoder
-independent of the reader's protobuf schema), plain and lzma-compressed,
+tf.train.Example per row, encoded by conftest's hand-written protobuf wire
+encoder, independent of the reader's protobuf schema), plain and lzma-compressed,
 loads client by client, trains, and bad files fail in one line."""
 import lzma
 import sqlite3
-import struct
 
 import numpy as np
 import pytest
 
 from conftest import on_files
+from conftest import write_tff_sqlite as _write
 from fedround import train
 from fedround.registry import ConfigError
-
-
-def _varint(n: int) -> bytes:
-  n &= (1 << 64) - 1  # negative int64s as two's complement
-  out = bytearray()
-  while True:
-    byte, n = n & 0x7F, n >> 7
-    out.append(byte | (0x80 if n else 0))
-    if not n:
-      return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:  # length-delimited
-  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _example(features: dict) -> bytes:
-  """tf.train.Example: Features(1) of map entries (key 1, Feature 2);
-  Feature: bytes_list 1, float_list 2 (packed floats), int64_list 3 (packed
-  varints)."""
-  entries = b''
-  for key, values in features.items():
-    if isinstance(values[0], bytes):
-      feature = _field(1, b''.join(_field(1, v) for v in values))
-    elif isinstance(values[0], float):
-      feature = _field(2, _field(1, struct.pack(f'<{len(values)}f', *values)))
-    else:
-      feature = _field(3, _field(1, b''.join(_varint(int(v))
-                                             for v in values)))
-    entries += _field(1, _field(1, key.encode()) + _field(2, feature))
-  return _field(1, entries)
-
-
-def _write(path, clients):
-  """clients: {(split, client_id): [feature dicts]} in TFF's tables."""
-  with sqlite3.connect(path) as connection:
-    connection.execute('CREATE TABLE examples (split_name TEXT NOT NULL, '
-                       'client_id TEXT NOT NULL, serialized_example_proto '
-                       'BLOB NOT NULL)')
-    connection.execute('CREATE TABLE client_metadata (client_id TEXT NOT '
-                       'NULL, split_name TEXT NOT NULL, num_examples INTEGER '
-                       'NOT NULL)')
-    for (split, cid), examples in clients.items():
-      connection.executemany('INSERT INTO examples VALUES (?, ?, ?)',
-                             [(split, cid, _example(e)) for e in examples])
-      connection.execute('INSERT INTO client_metadata VALUES (?, ?, ?)',
-                         (cid, split, len(examples)))
-  connection.close()
 
 
 def _cifar(rng, n):

@@ -424,9 +424,13 @@ def make_rounds(round_fn, rounds_per_call: int, replicas: bool = False):
   return jax.jit(run, donate_argnums=(0, 1))
 
 
-def _scores(apply_fn, score, params, x, y, batch_size):
+def _scores(apply_fn, score, params, x, y, batch_size, mesh=None):
   """``score(logits, labels)`` (tasks.Score) of every row of ``x``,
-  computed in batches of ``batch_size``."""
+  computed in batches of ``batch_size``, each split over the mesh's
+  devices when they divide it (else every device would compute it all)."""
+  split = (lambda a: a) if mesh is None or batch_size % mesh.size else (
+      lambda a: jax.lax.with_sharding_constraint(
+          a, NamedSharding(mesh, P(CLIENTS))))
   total = x.shape[0]
   pad = -total % batch_size
   extend = lambda a: jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:],
@@ -434,7 +438,7 @@ def _scores(apply_fn, score, params, x, y, batch_size):
   shape = lambda a: a.reshape((-1, batch_size) + a.shape[1:])
 
   def body(_, batch):
-    bx, by = batch
+    bx, by = map(split, batch)
     return None, score(apply_fn(params, bx), by)
 
   _, scores = jax.lax.scan(body, None, (shape(extend(x)), shape(extend(y))))
@@ -447,18 +451,20 @@ def _ratios(sums):
           sums.correct / jnp.maximum(sums.accuracy_count, 1))
 
 
-def make_evaluate(apply_fn, task, batch_size: int = 1024):
-  """jit(params, x, y) -> (loss, accuracy) over a test split, in batches:
-  the task's (tasks.Task) loss and accuracy over all scored targets."""
+def make_evaluate(apply_fn, task, batch_size: int = 1024, mesh=None):
+  """jit(params, x, y) -> (loss, accuracy) over a test split, in batches
+  (split over ``mesh``): the task's (tasks.Task) loss and accuracy over all
+  scored targets."""
 
   def evaluate(params, x, y):
-    return _ratios(jax.tree.map(jnp.sum, _scores(apply_fn, task.score,
-                                                 params, x, y, batch_size)))
+    return _ratios(jax.tree.map(jnp.sum, _scores(
+        apply_fn, task.score, params, x, y, batch_size, mesh)))
 
   return jax.jit(evaluate)
 
 
-def make_evaluate_clients(apply_fn, task, batch_size: int = 1024):
+def make_evaluate_clients(apply_fn, task, batch_size: int = 1024,
+                          mesh=None):
   """jit(params, train: ClientData) -> (loss, accuracy) of the global model
   on the clients' own training examples: each client's mean over its
   examples' scored targets, averaged uniformly over the N clients. That is
@@ -468,7 +474,7 @@ def make_evaluate_clients(apply_fn, task, batch_size: int = 1024):
 
   def evaluate(params, train):
     scores = _scores(apply_fn, task.score, params, train.x, train.y,
-                     batch_size)
+                     batch_size, mesh)
     owner = train.owner()
     per_client = jax.tree.map(lambda v: jax.ops.segment_sum(
         jnp.where(owner >= 0, v, 0), jnp.maximum(owner, 0),

@@ -492,9 +492,11 @@ def _train(experiment: Experiment, configs, workdirs,
   chunk = min(math.gcd(config.eval_every, config.checkpoint_every),
               config.rounds)
   rounds_fn = make_rounds(experiment.round.fn, chunk, replicas)
-  evaluate = make_evaluate(experiment.model.apply, experiment.task)
+  evaluate = make_evaluate(experiment.model.apply, experiment.task,
+                           mesh=experiment.mesh)
   evaluate_clients = make_evaluate_clients(experiment.model.apply,
-                                           experiment.task)
+                                           experiment.task,
+                                           mesh=experiment.mesh)
   if replicas:
     evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
     evaluate_clients = jax.jit(jax.vmap(evaluate_clients,

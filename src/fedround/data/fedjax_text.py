@@ -25,18 +25,24 @@ def fedjax_shakespeare(train_path: str, test_path: str,
 
 
 def fedjax_stackoverflow(train_path: str, test_path: str, vocab_path: str,
-                         vocab_size: int = 10_000,
-                         max_length: int = 20) -> FederatedData:
+                         vocab_size: int = 10_000, max_length: int = 20,
+                         max_posts: int = 0) -> FederatedData:
   """Each train client's posts as sequences of ``max_length`` words (Reddi
   et al.: 20) over the ``vocab_size`` most frequent words of
-  ``vocab_path`` (FedJAX's stackoverflow.word_count); the test clients'
-  pooled."""
+  ``vocab_path`` (FedJAX's stackoverflow.word_count), its first
+  ``max_posts`` only when > 0 (Reddi et al.'s code: 1000); the test
+  clients' pooled."""
   _check_length('max_length', max_length)
   _check_length('vocab_size', vocab_size)
+  if isinstance(max_posts, bool) or not isinstance(max_posts, int) or (
+      max_posts < 0):
+    raise ValueError(f'max_posts must be an integer >= 0, got {max_posts!r}')
   tokenizer = WordTokenizer(read_vocabulary(vocab_path, vocab_size))
-  split = lambda path: _split(path, 'tokens', lambda texts:
-                              tokenizer.sequences(texts, max_length))
-  return _federation(split(train_path), split(test_path), tokenizer.size)
+  split = lambda path, cap: _split(path, 'tokens', lambda texts:
+                                   tokenizer.sequences(texts[:cap or None],
+                                                       max_length))
+  return _federation(split(train_path, max_posts), split(test_path, 0),
+                     tokenizer.size)
 
 
 def _check_length(name, value):
