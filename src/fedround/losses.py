@@ -22,7 +22,7 @@ def cross_entropy(task: Task = classification()):
 def fedld_margin(lam: float = 0.03, task: Task = classification()):
   """Cross-entropy plus FedLD's ``margin_loss`` (lam = 0.03 as in the
   official code's margin_loss_penalty); classification only."""
-  if task.name != 'classification':
+  if task.label_rank:
     raise ValueError(f'fedld_margin is a classification loss; the task is '
                      f'{task.name}')
   if not lam >= 0:

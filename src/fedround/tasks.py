@@ -38,6 +38,8 @@ class Task(NamedTuple):
   name: str
   cross_entropy: Callable  # (logits, labels, valid) -> scalar
   score: Callable          # (logits, labels) -> Score
+  label_rank: int          # 0: a label per example; 1: a target per input
+                           # token (labels shaped like the examples)
 
 
 def classification() -> Task:
@@ -45,7 +47,7 @@ def classification() -> Task:
     ones = jnp.ones(labels.shape, jnp.float32)
     return Score(negative_log_likelihood(logits, labels), ones,
                  (jnp.argmax(logits, -1) == labels).astype(jnp.float32), ones)
-  return Task('classification', cross_entropy, score)
+  return Task('classification', cross_entropy, score, label_rank=0)
 
 
 def next_token(num_classes: int, pad: int = 0, bos: int = 1, eos: int = 2,
@@ -77,7 +79,7 @@ def next_token(num_classes: int, pad: int = 0, bos: int = 1, eos: int = 2,
                  jnp.sum(counted, -1), jnp.sum(correct, -1),
                  jnp.sum(scored, -1))
 
-  return Task('next_token', loss, score)
+  return Task('next_token', loss, score, label_rank=1)
 
 
 TASKS = Registry('task')

@@ -196,18 +196,15 @@ def _task(config, task, model, data) -> None:
   and logits [batch, classes] for classification; a target per input token
   and logits [batch, length, vocabulary] for next-token prediction."""
   label_shape = tuple(data.train.y.shape[1:])
-  if task.name == 'next_token':
-    expected, labels = (2, *label_shape, data.num_classes), 'sequences'
-    wrong = len(label_shape) != 1 or label_shape != data.example_shape
-  else:
-    expected, labels = (2, data.num_classes), 'one integer per example'
-    wrong = label_shape != ()
-  if wrong:
+  labels = 'sequences' if task.label_rank else 'one integer per example'
+  if len(label_shape) != task.label_rank or (
+      task.label_rank and label_shape != data.example_shape):
     raise ConfigError(
         f'config.task {config.task!r} needs labels that are {labels}; '
         f'config.data {config.data.name!r} has labels of shape '
         f'{label_shape} for examples of shape {data.example_shape}')
   shape = _output_shape(model, _example(data))
+  expected = (2, *label_shape, data.num_classes)  # logits for every label
   if shape != expected:
     raise ConfigError(
         f'config.model {config.model!r} outputs {shape} for a batch of 2; '
