@@ -28,6 +28,10 @@ def _count(spec, num_classes, shape, dtype=jnp.float32):
     (SO_LSTM, 10_004, (20,), jnp.int32, 4_050_748),  # Reddi et al., FedJAX
     ('resnet18_gn', 100, (24, 24, 3), jnp.float32, 11_227_812),  # TFF's
     ('resnet18_gn', 10, (32, 32, 3), jnp.float32, 11_181_642),
+    # LEAF's stacked_lstm models, counted from their TensorFlow code.
+    ('lstm_classifier', 80, (80,), jnp.int32, 817_872),
+    ('lstm_classifier(vocabulary=400_001, embed=100, hidden=(100, 100), '
+     'dense=128)', 2, (25,), jnp.int32, 40_174_086),
 ])
 def test_parameter_counts_match_the_references(spec, num_classes, shape,
                                                dtype, expected):

@@ -150,10 +150,11 @@ class FederatedData:
   @classmethod
   def from_clients(cls, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
                    test_x: np.ndarray, test_y: np.ndarray,
-                   num_classes: int) -> 'FederatedData':
-    """A federation of per-client (x, y) arrays and a test split."""
-    return cls(train=ClientData.from_clients(xs, ys),
-               test_x=np.asarray(test_x, np.float32),
+                   num_classes: int, x_dtype=np.float32) -> 'FederatedData':
+    """A federation of per-client (x, y) arrays and a test split, x cast
+    to ``x_dtype``."""
+    return cls(train=ClientData.from_clients(xs, ys, x_dtype),
+               test_x=np.asarray(test_x, x_dtype),
                test_y=np.asarray(test_y, np.int32), num_classes=num_classes)
 
   @property

@@ -29,7 +29,8 @@ def federation(train: dict, test: dict, num_classes: int,
                invert: bool) -> FederatedData:
   """The federation of ``train`` (where -> (x, y), a client each) with
   ``test``'s clients pooled as its test split; with ``invert``, x becomes
-  1 - x. Every example must have one shape."""
+  1 - x. Every example must have one shape; token ids stay int32, other
+  features become float32."""
   clients = {**train, **test}
   (first, (x0, _)), *rest = clients.items()
   for where, (x, _) in rest:
@@ -41,4 +42,5 @@ def federation(train: dict, test: dict, num_classes: int,
   return FederatedData.from_clients(
       [flip(x) for x, _ in train.values()], [y for _, y in train.values()],
       flip(np.concatenate([x for x, _ in test.values()])),
-      np.concatenate([y for _, y in test.values()]), num_classes=num_classes)
+      np.concatenate([y for _, y in test.values()]), num_classes=num_classes,
+      x_dtype=np.int32 if np.issubdtype(x0.dtype, np.integer) else np.float32)

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from fedround.models.convolution import IMPLEMENTATIONS, ShiftedConv, resolve
-from fedround.models.reference import (EmnistCNN, LSTMLanguageModel,
+from fedround.models.reference import (EmnistCNN, LSTMClassifier,
+                                       LSTMLanguageModel,
                                        ResNet18GN, TransformerLM)
 from fedround.models.supermask import SupermaskCNN, SupermaskMLP
 from fedround.registry import ConfigError, Registry
@@ -138,6 +139,21 @@ def lstm_lm(num_classes: int, embed: int = 8,
   return LSTMLanguageModel(num_classes, embed, tuple(hidden), projection)
 
 
+def lstm_classifier(num_classes: int, vocabulary: int = 0, embed: int = 8,
+                    hidden: Sequence[int] = (256, 256),
+                    dense: int = 0) -> nn.Module:
+  """LEAF's stacked LSTM classifier (models.reference); Shakespeare: the
+  defaults (``vocabulary`` 0: the classes are the input ids, LEAF's 80
+  letters); Sent140: vocabulary=400_001, embed=100, hidden=(100, 100),
+  dense=128."""
+  _check_positive(embed=embed, hidden=tuple(hidden))
+  for name, value in (('vocabulary', vocabulary), ('dense', dense)):
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f'{name} must be an integer >= 0, got {value!r}')
+  return LSTMClassifier(num_classes, vocabulary or num_classes, embed,
+                        tuple(hidden), dense)
+
+
 def transformer_lm(num_classes: int, width: int = 128, depth: int = 2,
                    heads: int = 4, mlp: int = 512,
                    max_length: int = 128) -> nn.Module:
@@ -192,4 +208,5 @@ MODELS.register('supermask_cnn')(supermask_cnn)
 MODELS.register('emnist_cnn')(emnist_cnn)
 MODELS.register('resnet18_gn')(resnet18_gn)
 MODELS.register('lstm_lm')(lstm_lm)
+MODELS.register('lstm_classifier')(lstm_classifier)
 MODELS.register('transformer_lm')(transformer_lm)
