@@ -1,6 +1,8 @@
 """A federation of Stack Overflow's size on the host: rounds/s and memory.
 
-  python scripts/bench_host.py [--clients 300000] [--rounds 40]
+  python scripts/bench_host.py [--clients 300000] [--rounds 20]
+  python scripts/bench_host.py --save DIR   # the stand-in as .npy files
+  python scripts/bench_host.py --from DIR   # trained memory-mapped
 
 A synthetic stand-in for Stack Overflow NWP (its size, not its text): N
 clients with log-normal example counts (median 20, sigma 1.2), each
@@ -12,7 +14,9 @@ in host memory (config.data.placement='host'); each chunk of rounds gets
 its cohorts' examples packed and copied ahead by a host thread. Prints
 the stored bytes, the host's peak resident memory, the compile time, the
 rounds per second of training, how many chunks were prefetched and how
-long training waited for its input.
+long training waited for its input. With --from, the federation is the
+one --save wrote (fedround.data.arrays), read memory-mapped: the process
+never holds it, so its peak memory is what training needs.
 """
 import argparse
 import resource
@@ -23,7 +27,7 @@ import numpy as np
 
 from fedround import train
 from fedround.config import base_config
-from fedround.data import DATASETS, ClientData, FederatedData
+from fedround.data import DATASETS, ClientData, FederatedData, arrays
 
 VOCABULARY, LENGTH = 10_004, 20
 
@@ -46,11 +50,20 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--clients', type=int, default=300_000)
   parser.add_argument('--rounds', type=int, default=20)
+  parser.add_argument('--save', default='', help='write the stand-in here')
+  parser.add_argument('--from', dest='source', default='',
+                      help='train on the stand-in --save wrote here')
   args = parser.parse_args()
+  if args.save:
+    arrays.save(stand_in(args.clients), args.save)
+    print(f'wrote {args.save}')
+    return
   DATASETS.register('stackoverflow_stand_in')(stand_in)
   config = base_config()
-  config.data = {'name': 'stackoverflow_stand_in', 'num_clients': args.clients,
-                 'placement': 'host'}
+  config.data = ({'name': 'npy', 'path': args.source} if args.source else
+                 {'name': 'stackoverflow_stand_in',
+                  'num_clients': args.clients})
+  config.data.placement = 'host'
   config.task, config.model = 'next_token', 'lstm_lm(embed=32, hidden=(64,))'
   config.clients_per_round, config.rounds = 50, args.rounds
   config.client.update(batch_size=16, local_steps=4, local_epochs=0,

@@ -121,13 +121,18 @@ def _data_kwargs(config) -> dict:
 _DATA_CACHE: dict[str, FederatedData] = {}
 
 
+def load_federation(config: ml_collections.ConfigDict) -> FederatedData:
+  """The federation ``config.data`` names, as its source gives it (no
+  proxy or validation splits)."""
+  return DATASETS.call(config.data.name, _data_kwargs(config), 'config.data')
+
+
 def load_data(config: ml_collections.ConfigDict) -> FederatedData:
   """The federation of ``config.data`` with its splits, cached by config so
   that vetting a sweep's runs loads each data set once."""
   key = json.dumps(config.data.to_dict(), sort_keys=True, default=repr)
   if key not in _DATA_CACHE:
-    data = DATASETS.call(config.data.name, _data_kwargs(config),
-                         'config.data')
+    data = load_federation(config)
     try:
       data = data.with_splits(
           **{s: config.data.get(s, 0.0) for s in config_lib.DATA_SPLITS},

@@ -1,4 +1,5 @@
 """Federated data sets, partitions and participation models, by name."""
+from fedround.data.arrays import npy
 from fedround.data.digits import digits
 from fedround.data.federated import ClientData, FederatedData
 from fedround.data.fedjax_sqlite import fedjax_sqlite
@@ -20,6 +21,7 @@ DATASETS.register('fedjax_shakespeare')(fedjax_shakespeare)
 DATASETS.register('fedjax_stackoverflow')(fedjax_stackoverflow)
 DATASETS.register('tfds')(tfds_images)
 DATASETS.register('tff_sqlite')(tff_sqlite)
+DATASETS.register('npy')(npy)
 
 PARTICIPATION = Registry('participation model')
 PARTICIPATION.register('uniform')(uniform)

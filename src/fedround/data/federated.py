@@ -217,5 +217,6 @@ class FederatedData:
     return (f'{self.num_clients} clients, {int(n.sum())} train examples '
             f'(per client min {n.min()}, median {int(np.median(n))}, max '
             f'{n.max()}), {len(self.test_y)} test examples{extra}, '
-            f'{self.num_classes} classes, {mib(self.train.nbytes)} stored '
+            f'{self.num_classes} classes, {mib(self.train.nbytes)} stored'
+            f'{" on disk (memory-mapped)" if isinstance(self.train.x, np.memmap) else ""} '
             f'(padded [N, max_n] layout: {mib(self.train.padded_nbytes)})')
