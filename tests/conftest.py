@@ -1,5 +1,9 @@
 """All tests see 8 emulated CPU devices; single-device runs use shard=False.
 
+XLA compiles at LLVM -O0 here (--xla_backend_optimization_level=0): the
+tests check values, not speed, and compiling is most of their time; runs
+and benchmarks compile optimised.
+
 Every compiled program goes to JAX's persistent compilation cache in
 ``.jax_cache/`` (``make clean`` empties it): a round that several tests, or a
 test's subprocesses and sweep workers, build from the same config compiles
@@ -11,7 +15,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8')
+                           ' --xla_force_host_platform_device_count=8'
+                           ' --xla_backend_optimization_level=0')
 # Environment variables, so that subprocesses (CLI tests, sweep workers)
 # share the cache too.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',

@@ -222,20 +222,21 @@ def test_cosine_local_schedule_steps_once_an_epoch():
   data = ClientData(jnp.ones((4, 1)), jnp.zeros(4, jnp.int32),
                     jnp.array([0]), jnp.array([4]), 4)
   broadcast = Broadcast({'w': jnp.zeros(1)}, jnp.float32(0.1), (), data)
-  one = ClientInput(jnp.int32(0), jax.random.PRNGKey(0), ())
+  one = ClientInput(jnp.zeros(1, jnp.int32), jax.random.PRNGKey(0)[None], (),
+                    jnp.ones(1, bool))
   for schedule, expected in ((dict(local_epochs=2), 3.0),
                              (dict(local_steps=4), 2.5)):
     client = make_client(apply_fn, optax.sgd, batch_size=2, max_examples=4,
                          objective=slope, local_schedule=cosine, **schedule)
-    result = jax.jit(client.update)(broadcast, one)
-    np.testing.assert_allclose(result.delta['w'], [-0.1 * expected],
+    result = jax.jit(client.train)(broadcast, one)[0]
+    np.testing.assert_allclose(result.delta['w'][0], [-0.1 * expected],
                                rtol=1e-6)
     # What the round divides by to get the mean local direction (FedAvg-M,
     # SCAFFOLD-M): the steps at their multipliers; 4 under constant.
-    np.testing.assert_allclose(result.scaled_steps, expected, rtol=1e-6)
+    np.testing.assert_allclose(result.scaled_steps[0], expected, rtol=1e-6)
     plain = make_client(apply_fn, optax.sgd, batch_size=2, max_examples=4,
                         objective=slope, **schedule)
-    assert float(jax.jit(plain.update)(broadcast, one).scaled_steps) == 4.0
+    assert float(jax.jit(plain.train)(broadcast, one)[0].scaled_steps[0]) == 4.0
 
 
 def test_server_optimizers_are_registered():

@@ -1,12 +1,14 @@
 """Local training: K optax steps of batch size B over a client's own rows.
 
-Two schedules, both fixed-length so that clients ``vmap``:
+Two schedules:
 - ``local_steps=K``: K minibatches of B examples drawn uniformly (with
   replacement) from the client's n valid examples.
-- ``local_epochs=E``: E passes over a fresh shuffle of the client's examples,
-  ceil(n / B) batches per pass, the last one partial. Under ``vmap`` clients
-  with fewer batches idle until the cohort's largest client is done; that
-  idle fraction is the padding waste the round reports.
+- ``local_epochs=E``: E passes over the client's examples, each in a fresh
+  keyed order (fedround.shuffle), ceil(n / B) batches per pass, the last
+  one partial.
+The cohort trains in vmap lanes, several clients one after another in a
+lane (fedround.lanes), so that lanes idle only while the busiest finishes;
+the fraction of lane-steps idle is the waste the round reports.
 
 The optimizer is a factory ``learning_rate -> optax transformation`` and the
 learning rate an array the round passes in, so runs that differ only in it
@@ -22,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedround import lanes as lane_packing
+from fedround import shuffle
 from fedround.client_algorithms import ClientAlgorithm, LocalTrace, fedavg
 from fedround.data.federated import ClientData
 from fedround.fisher import diagonal_fisher
@@ -43,6 +47,7 @@ class ClientInput(NamedTuple):
   id: jax.Array   # int32, its index in the federation
   key: jax.Array  # its PRNG key for this round
   own: Any        # its row of the per-client store
+  present: jax.Array  # bool: it trains this round (an absent slot does not)
 
 
 class ClientResult(NamedTuple):
@@ -73,11 +78,27 @@ class Client(NamedTuple):
   step: Callable     # (params, opt_state, x, y, valid, learning_rate)
                      #   -> (params, opt_state, loss); call it only on
                      #   batches with a valid example
-  update: Callable   # (Broadcast, ClientInput) -> ClientResult; vmap it
-                     #   over the ClientInput with in_axes=(None, 0)
+  train: Callable    # (Broadcast, ClientInput [C]) -> (ClientResult [C],
+                     #   lane_steps int32[1]: the lane-steps computed)
   optimizer: Callable[[jax.Array], optax.GradientTransformation]
   num_steps: int     # K, the longest schedule any client can have
   algorithm: ClientAlgorithm
+
+
+# Local epochs: iterations whose batches are drawn and gathered together
+# (the keyed order vectorises over their L x CHUNK x B positions). Local
+# steps draw and gather the whole schedule (up to MAX_CHUNK steps) at once.
+CHUNK = 8
+MAX_CHUNK = 64
+
+
+class _Lanes(NamedTuple):
+  """The vmap lanes' state: the run of each lane's current client."""
+  params: Any          # its local model
+  optimizer_state: Any
+  loss_sum: jax.Array  # float32[L]
+  grad_sum: Any        # its raw gradients summed
+  own: Any             # its row of the per-client store
 
 
 def make_client(apply_fn, optimizer: Callable[[jax.Array],
@@ -86,14 +107,15 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
                 local_epochs: int = 0, objective=cross_entropy,
                 outputs: frozenset[ClientOutput] = frozenset(),
                 algorithm: ClientAlgorithm | None = None,
-                local_schedule=None) -> Client:
+                local_schedule=None, lanes: int | None = None) -> Client:
   """``objective(logits, labels, valid) -> scalar`` is the local loss;
   ``outputs`` names what each client also returns (CLIENT_OUTPUTS);
   ``algorithm`` changes each step's gradient and keeps state
   (fedround.client_algorithms; default plain FedAvg);
   ``local_schedule(position, length)`` multiplies the learning rate in
   local epoch ``position`` of ``local_epochs`` (step of ``local_steps``)
-  (optimizers.LOCAL_SCHEDULES; default constant)."""
+  (optimizers.LOCAL_SCHEDULES; default constant); ``lanes`` is how many
+  vmap lanes ``train`` packs its clients into (default one per client)."""
   algorithm = algorithm or fedavg()
   local_schedule = local_schedule or constant_local_schedule()
   if batch_size < 1:
@@ -105,24 +127,57 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
         'config.client: set exactly one of local_steps (K > 0) or '
         f'local_epochs (E > 0); got local_steps={local_steps}, '
         f'local_epochs={local_epochs}')
+  if lanes is not None and lanes < 1:
+    raise ConfigError(f'config.client.lanes must be a positive integer (or 0 '
+                      f'to choose), got {lanes}')
   batches_per_epoch = math.ceil(max_examples / batch_size)
   num_steps = local_steps or local_epochs * batches_per_epoch
+  shuffle_rounds = shuffle.num_rounds(max_examples)
+  # The learning-rate schedule runs over the K steps, or the E epochs.
+  length = local_steps or local_epochs
+  chunk_length = CHUNK if local_epochs else max(
+      d for d in range(1, min(local_steps, MAX_CHUNK) + 1)
+      if local_steps % d == 0)
+
+  def schedule_keys(key, n):
+    """What fixes a client's batches: its K x B draws, or each epoch's
+    permutation keys [E, 2, rounds]."""
+    if local_steps:
+      return jax.random.randint(key, (local_steps, batch_size), 0,
+                                n).astype(jnp.int32)
+    return jax.vmap(lambda k: shuffle.round_keys(k, shuffle_rounds))(
+        jax.random.split(key, local_epochs))
+
+  def per_epoch(n):
+    return (n + batch_size - 1) // batch_size
+
+  def schedule_steps(n):
+    if local_steps:
+      return jnp.zeros_like(n) + local_steps
+    return local_epochs * per_epoch(n)
+
+  def schedule_position(k, n):
+    return k if local_steps else k // per_epoch(n)
+
+  def key_row(k, n):
+    """The row of a client's schedule keys that step ``k`` reads: its
+    K x B draw's, or its epoch's permutation keys."""
+    return jnp.minimum(schedule_position(k, n), length - 1)
+
+  def batch(step_keys, n, k):
+    """(idx int32[B], valid float32[B]): a client's local step ``k``, from
+    its schedule keys' ``key_row``."""
+    if local_steps:
+      return step_keys, jnp.full(batch_size, k < local_steps, jnp.float32)
+    position = (k % per_epoch(n)) * batch_size + jnp.arange(batch_size)
+    valid = (position < n) & (k < schedule_steps(n))
+    idx = shuffle.permute(jnp.minimum(position, n - 1), n, step_keys)
+    return idx, valid.astype(jnp.float32)
 
   def batches(key, n):
-    if local_steps:
-      idx = jax.random.randint(key, (num_steps, batch_size), 0, n)
-      return idx.astype(jnp.int32), jnp.ones((num_steps, batch_size))
-    slots = jnp.arange(max_examples)
-    shuffles = jax.vmap(lambda k: jnp.argsort(
-        jnp.where(slots < n, jax.random.uniform(k, (max_examples,)), 2.0)))(
-            jax.random.split(key, local_epochs))
-    per_epoch = (n + batch_size - 1) // batch_size
-    k = jnp.arange(num_steps)
-    epoch = jnp.minimum(k // per_epoch, local_epochs - 1)
-    position = (k % per_epoch)[:, None] * batch_size + jnp.arange(batch_size)
-    valid = (position < n) & (k < local_epochs * per_epoch)[:, None]
-    idx = shuffles[epoch[:, None], jnp.minimum(position, max_examples - 1)]
-    return idx.astype(jnp.int32), valid.astype(jnp.float32)
+    keys = schedule_keys(key, n)
+    return jax.vmap(lambda k: batch(keys[key_row(k, n)], n, k))(
+        jnp.arange(num_steps))
 
   def loss_fn(params, x, y, valid):
     return objective(apply_fn(params, x), y, valid)
@@ -141,63 +196,133 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
     return corrected_step(params, opt_state, x, y, valid, learning_rate,
                           lambda grads, params: grads)[:3]
 
-  def update(broadcast: Broadcast, client: ClientInput) -> ClientResult:
-    """Trains ``client`` from the global model, with its row of state and
-    the algorithm's server-side state."""
+  def train(broadcast: Broadcast, clients: ClientInput):
+    """Trains each of ``clients`` from the global model, with its row of
+    state and the algorithm's server-side state, packed into lanes."""
     params, learning_rate, shared, data = broadcast
-    own = client.own
-    n = data.n[client.id]
-    idx, valid = batches(client.key, n)
-    if local_steps:  # gather the K * B rows this client will read at once
-      x, y = data.rows(client.id, idx.reshape(-1))
-      read = lambda k: jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(
-          a, k * batch_size, batch_size), (x, y))
-    else:  # epochs read every example: gather each step's batch
-      read = lambda k: data.rows(client.id, idx[k])
-    per_epoch = (n + batch_size - 1) // batch_size
-    steps = local_steps or local_epochs * per_epoch
-    # The local schedule runs over the K steps, or the E epochs of
-    # per_epoch steps each.
-    length = local_steps or local_epochs
-    position = lambda k: k if local_steps else k // per_epoch
+    num_clients = clients.id.shape[0]
+    num_lanes = min(lanes or num_clients, num_clients)
+    n = data.n[clients.id]
+    steps = jnp.where(clients.present, jax.vmap(schedule_steps)(n), 0)
+    table, iterations = lane_packing.pack(steps, num_lanes)
+    keys = jax.vmap(schedule_keys)(clients.key, n)
+    fresh = jax.vmap(lambda own: algorithm.start(
+        own, optimizer(learning_rate).init(params)),
+                     axis_size=num_clients)(clients.own)
+    take = lambda tree, c: jax.tree.map(lambda a: a[c], tree)
+    stack = lambda tree, count: jax.tree.map(
+        lambda a: jnp.broadcast_to(a, (count,) + a.shape), tree)
+    # Counters, indices and the rate start from n so that they share its
+    # sharding (under shard_map a literal would be device-invariant while
+    # the loop makes it vary).
+    vary = 0 * n[0]
+    learning_rate = learning_rate + vary
+    lane_ids = jnp.arange(num_lanes) + vary
+    # Lane l runs client table[l, r] over its iterations
+    # [ends[l, r] - its steps, ends[l, r]): the schedule is known up front.
+    lane_work = jnp.where(table < num_clients,
+                          steps[jnp.minimum(table, num_clients - 1)], 0)
+    ends = jnp.cumsum(lane_work, axis=1)
 
-    slots = jnp.arange(max_examples)
-    direction = lambda grads, local: algorithm.direction(
-        grads, local, params, own, shared)
+    def locate(t):
+      """(rank, local step), each [L, S], of every lane at iterations
+      ``t`` int32[S]."""
+      rank = jax.vmap(lambda e: jnp.searchsorted(e, t, side='right'))(ends)
+      rank = jnp.minimum(rank, num_clients)  # past the end: no client
+      begin = jnp.take_along_axis(ends - lane_work, rank, axis=1)
+      return rank, t[None, :] - begin
 
-    def body(carry):
-      k, p, s, loss_sum, grad_sum = carry
-      rate = learning_rate * local_schedule(position(k), length)
-      p, s, loss, grads = corrected_step(p, s, *read(k), valid[k], rate,
-                                         direction)
-      return (k + 1, p, s, loss_sum + loss,
-              jax.tree.map(jnp.add, grad_sum, grads))
+    def started(rank):
+      """Lanes starting the clients at ``rank``: the global model."""
+      c = jnp.minimum(table[lane_ids, rank], num_clients - 1)
+      return _Lanes(stack(params, num_lanes), take(fresh, c),
+                    jnp.zeros(num_lanes, jnp.float32) + vary,
+                    stack(jax.tree.map(jnp.zeros_like, params), num_lanes),
+                    take(clients.own, c))
 
-    # A while loop, not a scan: under vmap it runs to the cohort's longest
-    # schedule rather than the federation's, so small cohorts idle less.
-    # Counters start from n so that they share its sharding (under shard_map
-    # a literal 0 would be device-invariant while the loop makes it vary).
-    zero = jnp.zeros_like(n)
-    optimizer_state = algorithm.start(own, optimizer(learning_rate).init(
-        params))
-    _, local, optimizer_state, loss_sum, grad_sum = jax.lax.while_loop(
-        lambda carry: carry[0] < steps, body,
-        (zero, params, optimizer_state, zero.astype(jnp.float32),
-         jax.tree.map(jnp.zeros_like, params)))
-    trace = LocalTrace(
-        mean_gradient=jax.tree.map(lambda g: g / jnp.maximum(steps, 1),
-                                   grad_sum),
-        params=local, optimizer_state=optimizer_state, steps=steps)
-    return ClientResult(
-        delta=jax.tree.map(jnp.subtract, local, params),
-        num_examples=n,
-        loss=loss_sum / jnp.maximum(steps, 1),
-        steps=steps,
-        scaled_steps=jnp.sum(local_schedule(jnp.arange(length), length))
-        * (1 if local_steps else per_epoch),
-        extras={output.value: CLIENT_OUTPUTS[output](
-            apply_fn, local, data.rows(client.id, slots)[0], slots < n)
-                for output in sorted(outputs, key=lambda o: o.value)},
-        own=algorithm.finish(own, trace))
+    def lane_step(p, s, x, y, valid, rate, own):
+      return corrected_step(p, s, x, y, valid, rate, lambda g, local:
+                            algorithm.direction(g, local, params, own,
+                                                shared))
 
-  return Client(batches, step, update, optimizer, num_steps, algorithm)
+    def chunk(carry):
+      """``chunk_length`` iterations: their batches drawn and gathered at once (the
+      keyed order is cheap only vectorised), then stepped one by one."""
+      t, run, done = carry
+      rank, k = locate(t + jnp.arange(chunk_length))
+      c = jnp.take_along_axis(table, rank, axis=1)   # [L, S]
+      live = c < num_clients
+      c = jnp.minimum(c, num_clients - 1)
+      both = lambda f: jax.vmap(jax.vmap(f))
+      idx, valid = both(batch)(keys[c, key_row(k, n[c])], n[c], k)
+      x, y = both(data.rows)(clients.id[c], idx)
+      rate = learning_rate * local_schedule(schedule_position(k, n[c]),
+                                            length)
+      finished = live & (k + 1 == steps[c])
+
+      def iteration(carry, inputs):
+        time, x, y, valid, rate, ending, c, rank = inputs
+
+        def train_step(run, done):
+          p, s, loss, grads = jax.vmap(lane_step)(
+              run.params, run.optimizer_state, x, y, valid, rate, run.own)
+          run = _Lanes(p, s, run.loss_sum + loss,
+                       jax.tree.map(jnp.add, run.grad_sum, grads), run.own)
+          return jax.lax.cond(jnp.any(ending), hand_over, keep, run, done)
+
+        def hand_over(run, done):
+          """Finished lanes store their client's run and start the next."""
+          target = jnp.where(ending, c, num_clients)  # out of range: kept
+          done = jax.tree.map(lambda d, v: d.at[target].set(v, mode='drop'),
+                              done, (run.params, run.optimizer_state,
+                                     run.loss_sum, run.grad_sum))
+          run = jax.tree.map(lambda new, old: jnp.where(
+              ending.reshape((-1,) + (1,) * (old.ndim - 1)), new, old),
+                             started(rank + 1), run)
+          return run, done
+
+        keep = lambda run, done: (run, done)
+        # The last chunk's iterations past the busiest lane do nothing.
+        return jax.lax.cond(time < iterations, train_step, keep,
+                            *carry), None
+
+      by_iteration = (t + jnp.arange(chunk_length),) + jax.tree.map(
+          lambda a: jnp.swapaxes(a, 0, 1),
+          (x, y, valid, rate, finished, c, rank))
+      (run, done), _ = jax.lax.scan(iteration, (run, done), by_iteration)
+      return t + chunk_length, run, done
+
+    # Clients that take no step keep the global model and a fresh state.
+    done = (stack(params, num_clients), fresh,
+            jnp.zeros(num_clients, jnp.float32) + vary,
+            stack(jax.tree.map(jnp.zeros_like, params), num_clients))
+    _, _, done = jax.lax.while_loop(
+        lambda carry: carry[0] < iterations, chunk,
+        (vary, started(jnp.zeros(num_lanes, jnp.int32) + vary),
+         done))
+    local, optimizer_state, loss_sum, grad_sum = done
+
+    def result(i, n, steps, own, local, optimizer_state, loss_sum,
+               grad_sum):
+      trace = LocalTrace(
+          mean_gradient=jax.tree.map(lambda g: g / jnp.maximum(steps, 1),
+                                     grad_sum),
+          params=local, optimizer_state=optimizer_state, steps=steps)
+      slots = jnp.arange(max_examples)
+      return ClientResult(
+          delta=jax.tree.map(jnp.subtract, local, params),
+          num_examples=n,
+          loss=loss_sum / jnp.maximum(steps, 1),
+          steps=steps,
+          scaled_steps=jnp.sum(local_schedule(jnp.arange(length), length))
+          * (1 if local_steps else per_epoch(n)),
+          extras={output.value: CLIENT_OUTPUTS[output](
+              apply_fn, local, data.rows(i, slots)[0], slots < n)
+                  for output in sorted(outputs, key=lambda o: o.value)},
+          own=algorithm.finish(own, trace))
+
+    results = jax.vmap(result)(clients.id, n, steps, clients.own, local,
+                               optimizer_state, loss_sum, grad_sum)
+    return results, (num_lanes * iterations)[None]
+
+  return Client(batches, step, train, optimizer, num_steps, algorithm)

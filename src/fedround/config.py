@@ -54,7 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
       local_schedule='constant',
       # What each client sends (fedround.messages): identity (its float32
       # delta), signs (1 bit a coordinate), ranks (FRL's edge rankings).
-      message='identity'))
+      message='identity',
+      # vmap lanes per device; each lane trains several clients one after
+      # another (fedround.lanes). 0: the most lanes whose simulated idle
+      # fraction is at most 10% (one per client under local_steps).
+      lanes=0))
   # Pre-aggregators and one rule, joined by '|'; empty: the client
   # algorithm's own, as its paper aggregates (weighted_mean for fedavg and
   # fedprox, the uniform mean for scaffold, fedavg_m, scaffold_m, diloco).

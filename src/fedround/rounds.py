@@ -104,12 +104,10 @@ def _rule_diagnostics(agg_state) -> dict:
   return metrics
 
 
-def _idle_fraction(steps, present):
-  """Fraction of the vmapped local loop that present clients spent idle,
-  waiting for the cohort's longest schedule."""
-  steps = jnp.where(present, steps, 0)
-  budget = jnp.maximum(jnp.sum(present) * jnp.max(steps), 1)
-  return (budget - jnp.sum(steps)) / budget
+def _idle_fraction(steps, lane_steps):
+  """Fraction of the lane-steps the vmapped local loops computed that
+  trained no client."""
+  return 1 - jnp.sum(steps) / jnp.maximum(jnp.sum(lane_steps), 1)
 
 
 def _update_store(store, ids, usable, rows, population):
@@ -218,15 +216,15 @@ def make_round(*, client: Client, aggregator: Aggregator,
     sample = redraw_byzantine(sample, redraw_share)
   # Every client reads the (replicated) federation arrays and gathers its
   # own rows, so each device gathers only the rows of its own clients.
-  vmapped = jax.vmap(client.update, in_axes=(None, 0))
   if mesh is None:
-    train_cohort = vmapped
+    train_cohort = client.train
   else:
     def per_device(broadcast: Broadcast, inputs: ClientInput):
       # Replicated params would make grads implicitly psum'ed across devices.
       params, shared = jax.lax.pcast((broadcast.params, broadcast.shared),
                                      CLIENTS, to='varying')
-      return vmapped(broadcast._replace(params=params, shared=shared), inputs)
+      return client.train(broadcast._replace(params=params, shared=shared),
+                          inputs)
     train_cohort = jax.shard_map(per_device, mesh=mesh,
                                  in_specs=(P(), P(CLIENTS)),
                                  out_specs=P(CLIENTS))
@@ -249,12 +247,14 @@ def make_round(*, client: Client, aggregator: Aggregator,
     """The cohort's local training from the global model, each client with
     its row of the store; also returns those rows as they were."""
     own_before = jax.tree.map(lambda x: x[cohort.ids], store)
-    results = train_cohort(
+    results, lane_steps = train_cohort(
         Broadcast(state.params, learning_rate, state.shared, training_data),
-        ClientInput(cohort.ids, cohort.keys, own_before))
+        ClientInput(cohort.ids, cohort.keys, own_before, cohort.present))
     return results, own_before, dict(
         client_learning_rate=learning_rate,
-        idle_step_fraction=_idle_fraction(results.steps, cohort.present))
+        local_steps=jnp.sum(results.steps),
+        lane_steps=jnp.sum(lane_steps),
+        idle_step_fraction=_idle_fraction(results.steps, lane_steps))
 
   def uplink_stage(results, state):
     """Each client's message, and whether all it sent is finite."""

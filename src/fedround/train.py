@@ -25,7 +25,7 @@ import tqdm
 from absl import logging
 
 from fedround import config as config_lib
-from fedround import validate
+from fedround import lanes, validate
 from fedround.data import host
 from fedround.aggregators import build_aggregator
 from fedround.aggregators.base import Aggregate
@@ -173,6 +173,19 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def choose_lanes(config: ml_collections.ConfigDict, data) -> int:
+  """``config.client.lanes`` when 0: ``lanes.choose_lanes`` for the
+  schedules of the federation's clients and each device's share of the
+  cohort (sampled uniformly in its simulation)."""
+  devices = jax.device_count() if config.shard else 1
+  clients = -(-config.clients_per_round // devices)
+  n = np.asarray(data.n)
+  steps = (np.full(n.shape, config.client.local_steps)
+           if config.client.local_steps else
+           config.client.local_epochs * -(-n // config.client.batch_size))
+  return lanes.choose_lanes(steps, min(clients, len(n)))
+
+
 def _parts(config: ml_collections.ConfigDict) -> _Parts:
   """Every part of a run that needs no device, built from a resolved
   config."""
@@ -208,7 +221,9 @@ def _parts(config: ml_collections.ConfigDict) -> _Parts:
                            'config.client.local_schedule'),
                        algorithm=CLIENT_ALGORITHMS.build(
                            config.client.algorithm,
-                           'config.client.algorithm'))
+                           'config.client.algorithm'),
+                       lanes=config.client.lanes or choose_lanes(
+                           config, data))
   server_update = (assign() if aggregator.output is Aggregate.MODEL else
                    optimizer_step(build_optimizer(
                        config.server.optimizer, 'config.server.optimizer')))

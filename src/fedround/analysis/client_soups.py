@@ -51,7 +51,7 @@ def stage_key(seed: int, round_: int) -> jax.Array:
 
 def client_models(experiment, state, store, key):
   """Every client's model fine-tuned from the global model ``state.params``
-  by its local training in a round (``experiment.client.update``, client i
+  by its local training in a round (``experiment.client.train``, client i
   with key ``fold_in(key, i)``, its row of the per-client ``store`` and the
   algorithm's server-side ``state.shared``): the pytree ``params + delta_i``
   with a leading axis of the N clients."""
@@ -61,8 +61,8 @@ def client_models(experiment, state, store, key):
   broadcast = Broadcast(
       state.params, jnp.float32(experiment.config.client.learning_rate),
       state.shared, jax.tree.map(jnp.asarray, data.train))
-  deltas = jax.vmap(experiment.client.update, in_axes=(None, 0))(
-      broadcast, ClientInput(ids, keys, store)).delta
+  deltas = experiment.client.train(
+      broadcast, ClientInput(ids, keys, store, ids >= 0))[0].delta
   return jax.tree.map(jnp.add, state.params, deltas)
 
 
