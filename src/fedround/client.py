@@ -86,8 +86,10 @@ class Client(NamedTuple):
 
 
 # Local epochs: iterations whose batches are drawn and gathered together
-# (the keyed order vectorises over their L x CHUNK x B positions). Local
-# steps draw and gather the whole schedule (up to MAX_CHUNK steps) at once.
+# (the keyed order vectorises over their L x CHUNK x B positions); the last
+# chunk computes up to CHUNK - 1 iterations past the busiest lane, which
+# write nothing (counted as idle). Local steps draw and gather the whole
+# schedule (up to MAX_CHUNK steps, a divisor of K) at once.
 CHUNK = 8
 MAX_CHUNK = 64
 
@@ -135,7 +137,7 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
   shuffle_rounds = shuffle.num_rounds(max_examples)
   # The learning-rate schedule runs over the K steps, or the E epochs.
   length = local_steps or local_epochs
-  chunk_length = CHUNK if local_epochs else max(
+  chunk_length = min(CHUNK, num_steps) if local_epochs else max(
       d for d in range(1, min(local_steps, MAX_CHUNK) + 1)
       if local_steps % d == 0)
 
@@ -261,14 +263,12 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
       finished = live & (k + 1 == steps[c])
 
       def iteration(carry, inputs):
-        time, x, y, valid, rate, ending, c, rank = inputs
-
-        def train_step(run, done):
-          p, s, loss, grads = jax.vmap(lane_step)(
-              run.params, run.optimizer_state, x, y, valid, rate, run.own)
-          run = _Lanes(p, s, run.loss_sum + loss,
-                       jax.tree.map(jnp.add, run.grad_sum, grads), run.own)
-          return jax.lax.cond(jnp.any(ending), hand_over, keep, run, done)
+        run, done = carry
+        x, y, valid, rate, ending, c, rank = inputs
+        p, s, loss, grads = jax.vmap(lane_step)(
+            run.params, run.optimizer_state, x, y, valid, rate, run.own)
+        run = _Lanes(p, s, run.loss_sum + loss,
+                     jax.tree.map(jnp.add, run.grad_sum, grads), run.own)
 
         def hand_over(run, done):
           """Finished lanes store their client's run and start the next."""
@@ -281,14 +281,11 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
                              started(rank + 1), run)
           return run, done
 
-        keep = lambda run, done: (run, done)
-        # The last chunk's iterations past the busiest lane do nothing.
-        return jax.lax.cond(time < iterations, train_step, keep,
-                            *carry), None
+        return jax.lax.cond(jnp.any(ending), hand_over,
+                            lambda run, done: (run, done), run, done), None
 
-      by_iteration = (t + jnp.arange(chunk_length),) + jax.tree.map(
-          lambda a: jnp.swapaxes(a, 0, 1),
-          (x, y, valid, rate, finished, c, rank))
+      by_iteration = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1),
+                                  (x, y, valid, rate, finished, c, rank))
       (run, done), _ = jax.lax.scan(iteration, (run, done), by_iteration)
       return t + chunk_length, run, done
 
@@ -296,7 +293,7 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
     done = (stack(params, num_clients), fresh,
             jnp.zeros(num_clients, jnp.float32) + vary,
             stack(jax.tree.map(jnp.zeros_like, params), num_clients))
-    _, _, done = jax.lax.while_loop(
+    computed, _, done = jax.lax.while_loop(
         lambda carry: carry[0] < iterations, chunk,
         (vary, started(jnp.zeros(num_lanes, jnp.int32) + vary),
          done))
@@ -323,6 +320,6 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
 
     results = jax.vmap(result)(clients.id, n, steps, clients.own, local,
                                optimizer_state, loss_sum, grad_sum)
-    return results, (num_lanes * iterations)[None]
+    return results, (num_lanes * computed)[None]
 
   return Client(batches, step, train, optimizer, num_steps, algorithm)
