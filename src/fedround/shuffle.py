@@ -44,9 +44,11 @@ def permute(positions, n, keys) -> jax.Array:
   x = positions.astype(jnp.int32)
   n = jnp.asarray(n, jnp.int32)
   pairing = (keys[0] % n.astype(jnp.uint32)).astype(jnp.int32)
-  for i in range(keys.shape[1]):
+
+  def swap_or_not(i, x):
     partner = pairing[i] - x
     partner = partner + (n & (partner >> 31))  # (K_i - x) mod n
     swap = _bit(jnp.maximum(x, partner).astype(jnp.uint32), keys[1, i])
-    x = jnp.where(swap, partner, x)
-  return x
+    return jnp.where(swap, partner, x)
+
+  return jax.lax.fori_loop(0, keys.shape[1], swap_or_not, x)
