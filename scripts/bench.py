@@ -71,8 +71,9 @@ WORKLOADS = {
 }
 
 
-def build_experiment(workload: Workload) -> train.Experiment:
-  """The experiment's ``get_config()`` with the overrides, unsharded."""
+def configure(workload):
+  """The experiment's ``get_config()`` with the workload's overrides (a
+  workload of this script or of bench_peers.py), unsharded."""
   config = runpy.run_path(os.path.join(EXPERIMENTS,
                                        workload.experiment))['get_config']()
   for field, value in workload.overrides.items():
@@ -83,7 +84,11 @@ def build_experiment(workload: Workload) -> train.Experiment:
     node[leaf] = value
   config.shard = False
   config.progress = False
-  return train.build(config)
+  return config
+
+
+def build_experiment(workload: Workload) -> train.Experiment:
+  return train.build(configure(workload))
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -44,7 +44,6 @@ os.environ.pop('JAX_COMPILATION_CACHE_DIR', None)
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import runpy  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -58,12 +57,12 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import configure  # noqa: E402  (scripts/, this script's dir)
 from fedround import baselines, train  # noqa: E402
 from fedround.data import arrays  # noqa: E402
 from fedround.rounds import make_rounds  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = os.path.join(ROOT, 'experiments')
 PEER_SCRIPTS = os.path.join(ROOT, 'scripts', 'peers')
 PEER_VENVS = os.path.join(ROOT, '.bench')
 PEER_REQUIREMENTS = {'fedjax': ('fedjax==0.0.17', 'dm-haiku'),
@@ -162,21 +161,6 @@ WORK = {
                  'full',
     },
 }
-
-
-def configure(workload: Workload) -> ml_collections.ConfigDict:
-  """The experiment's ``get_config()`` with the overrides, unsharded."""
-  config = runpy.run_path(os.path.join(EXPERIMENTS,
-                                       workload.experiment))['get_config']()
-  for field, value in workload.overrides.items():
-    *parents, leaf = field.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  config.shard = False
-  config.progress = False
-  return config
 
 
 def peer_python(venv: str) -> str:

@@ -22,10 +22,8 @@ transfer. Prints one JSON line.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import statistics
 import time
 
@@ -33,6 +31,8 @@ import drjax
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from common import argument_parser, load_federation
 
 
 def native_conv(x, kernel):
@@ -129,23 +129,12 @@ def client_schedule(rng, start: int, n: int, args):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--data', required=True)
-  parser.add_argument('--cohorts', required=True)
-  parser.add_argument('--model', choices=('logistic', 'cnn'), required=True)
+  parser = argument_parser(__doc__.split('\n')[0])
   parser.add_argument('--conv', choices=('native', 'shifted'),
                       default='native')
-  parser.add_argument('--batch-size', type=int, required=True)
-  parser.add_argument('--local-epochs', type=int, default=0)
-  parser.add_argument('--local-steps', type=int, default=0)
-  parser.add_argument('--learning-rate', type=float, required=True)
-  parser.add_argument('--rounds-per-chunk', type=int, required=True)
   args = parser.parse_args()
-  load = lambda name: np.load(os.path.join(args.data, f'{name}.npy'))
-  with open(os.path.join(args.data, 'federation.json')) as f:
-    num_classes = json.load(f)['num_classes']
-  x, y = jnp.asarray(load('train.x')), jnp.asarray(load('train.y'))
-  start, n = load('train.start'), load('train.n')
+  num_classes, x, y, start, n = load_federation(args.data)
+  x, y = jnp.asarray(x), jnp.asarray(y)
   cohorts = np.load(args.cohorts)
   num_clients = cohorts.shape[1]
   rng = np.random.default_rng(0)

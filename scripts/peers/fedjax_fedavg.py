@@ -28,9 +28,7 @@ below restores it (and the other removed tree aliases) from
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import time
 
@@ -48,6 +46,8 @@ import haiku as hk  # noqa: E402
 import numpy as np  # noqa: E402
 from fedjax.algorithms import fed_avg  # noqa: E402
 
+from common import argument_parser, load_federation  # noqa: E402
+
 
 def forward(model: str, num_classes: int):
   """fedround's ``logistic`` or ``cnn`` (16, 32 channels, dense 64)."""
@@ -64,21 +64,8 @@ def forward(model: str, num_classes: int):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--data', required=True)
-  parser.add_argument('--cohorts', required=True)
-  parser.add_argument('--model', choices=('logistic', 'cnn'), required=True)
-  parser.add_argument('--batch-size', type=int, required=True)
-  parser.add_argument('--local-epochs', type=int, default=0)
-  parser.add_argument('--local-steps', type=int, default=0)
-  parser.add_argument('--learning-rate', type=float, required=True)
-  parser.add_argument('--rounds-per-chunk', type=int, required=True)
-  args = parser.parse_args()
-  load = lambda name: np.load(os.path.join(args.data, f'{name}.npy'))
-  with open(os.path.join(args.data, 'federation.json')) as f:
-    num_classes = json.load(f)['num_classes']
-  x, y, start, n = (load(name) for name in ('train.x', 'train.y',
-                                            'train.start', 'train.n'))
+  args = argument_parser(__doc__.split('\n')[0]).parse_args()
+  num_classes, x, y, start, n = load_federation(args.data)
   client_id = lambda i: b'%d' % i
   federation = fedjax.InMemoryFederatedData({
       client_id(i): {'x': x[s:s + k], 'y': y[s:s + k]}
