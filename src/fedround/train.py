@@ -180,9 +180,10 @@ def choose_lanes(config: ml_collections.ConfigDict, data) -> int:
   devices = jax.device_count() if config.shard else 1
   clients = -(-config.clients_per_round // devices)
   n = np.asarray(data.n)
+  batch = max(config.client.batch_size, 1)  # make_client rejects < 1
   steps = (np.full(n.shape, config.client.local_steps)
            if config.client.local_steps else
-           config.client.local_epochs * -(-n // config.client.batch_size))
+           config.client.local_epochs * -(-n // batch))
   return lanes.choose_lanes(steps, min(clients, len(n)))
 
 
