@@ -8,9 +8,10 @@ of Hoang, Morris & Rogaway, "An Enciphering Scheme Based on a Card Shuffle"
 (CRYPTO 2012), which Ethereum's consensus spec uses to shuffle validators:
 round i pairs x with K_i - x (mod n) and swaps the pair when a keyed bit of
 max(x, K_i - x) is set. Each round is a bijection of [0, n) for any n, so
-the batch at step k costs O(B * rounds) and no memory of the client's size;
-with 6 lg n rounds (the paper's bound for a strong pseudorandom
-permutation) the order is indistinguishable from a uniform shuffle.
+the batch at step k costs O(B * rounds) and no memory of the client's size.
+It runs 6 lg n rounds, the order of rounds the paper's analysis asks for
+when every point of the domain is used; the tests check it is a bijection
+for every size tried and that the orders of a few items come out uniformly.
 """
 from __future__ import annotations
 
