@@ -248,8 +248,9 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
                                                 shared))
 
     def chunk(carry):
-      """``chunk_length`` iterations: their batches drawn and gathered at once (the
-      keyed order is cheap only vectorised), then stepped one by one."""
+      """``chunk_length`` iterations: their batches drawn and gathered at
+      once (the keyed order is cheap only vectorised), then stepped one by
+      one."""
       t, run, done = carry
       rank, k = locate(t + jnp.arange(chunk_length))
       c = jnp.take_along_axis(table, rank, axis=1)   # [L, S]
