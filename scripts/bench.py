@@ -71,6 +71,14 @@ WORKLOADS = {
 }
 
 
+def publish(report: str, out: str | None) -> None:
+  """Prints a benchmark's report, and writes it to ``out`` when given."""
+  print(report)
+  if out:
+    with open(out, 'w') as f:
+      f.write(report + '\n')
+
+
 def configure(workload):
   """The experiment's ``get_config()`` with the workload's overrides (a
   workload of this script or of bench_peers.py), unsharded."""
@@ -305,10 +313,7 @@ def main() -> None:
   report = format_report(rows, command) if rows else f'command: {command}'
   if 'replicas' in names:
     report = format_replicas(bench_replicas(args.quick)) + '\n\n' + report
-  print(report)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(report + '\n')
+  publish(report, args.out)
 
 
 if __name__ == '__main__':

@@ -32,6 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from bench import publish  # noqa: E402  (scripts/, this script's dir)
 from fedround.aggregators import build_aggregator  # noqa: E402
 from fedround.registry import ConfigError  # noqa: E402
 
@@ -169,10 +170,7 @@ def main() -> None:
           else scaling(rules, args.max_elements, args.repeats, args.budget))
   report = (f'{body}\n\njax {jax.__version__} on {jax.device_count()} '
             f'{jax.devices()[0].platform} device(s)\ncommand: {command}')
-  print(report)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(report + '\n')
+  publish(report, args.out)
 
 
 if __name__ == '__main__':

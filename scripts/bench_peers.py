@@ -57,8 +57,9 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench import configure  # noqa: E402  (scripts/, this script's dir)
+from bench import configure, publish  # noqa: E402  (scripts/)
 from fedround import baselines, train  # noqa: E402
+from fedround.client import schedule_steps  # noqa: E402
 from fedround.data import arrays  # noqa: E402
 from fedround.rounds import make_rounds  # noqa: E402
 
@@ -267,8 +268,8 @@ def cohort_work(config, n: np.ndarray, cohorts: np.ndarray) -> dict:
                           config.client.local_epochs,
                           config.client.local_steps)
   sizes = n[cohorts]
-  per_client = (np.full(sizes.shape, steps) if steps else
-                epochs * -(-sizes // batch))
+  per_client = schedule_steps(sizes, batch_size=batch, local_steps=steps,
+                              local_epochs=epochs)
   examples = (steps * batch * np.ones_like(sizes) if steps else
               epochs * sizes)
   return dict(steps=per_client.sum(1), examples=examples.sum(1))
@@ -421,10 +422,7 @@ def main() -> None:
              for name in args.workload or WORKLOADS]
   command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
   report = format_report(results, command)
-  print(report)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(report + '\n')
+  publish(report, args.out)
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ share one compiled round and can be vmapped as replicas.
 from __future__ import annotations
 
 import enum
-import math
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -103,6 +103,29 @@ class _Lanes(NamedTuple):
   own: Any             # its row of the per-client store
 
 
+def check_schedule(batch_size: int, local_steps: int,
+                   local_epochs: int) -> None:
+  """One-line errors for a batch size or local schedule that cannot run."""
+  if batch_size < 1:
+    raise ConfigError(f'config.client.batch_size must be a positive integer, '
+                      f'got {batch_size}')
+  if (local_steps > 0) == (local_epochs > 0) or min(local_steps,
+                                                    local_epochs) < 0:
+    raise ConfigError(
+        'config.client: set exactly one of local_steps (K > 0) or '
+        f'local_epochs (E > 0); got local_steps={local_steps}, '
+        f'local_epochs={local_epochs}')
+
+
+def schedule_steps(n, *, batch_size: int, local_steps: int,
+                   local_epochs: int):
+  """The local steps of clients with ``n`` examples (int, NumPy or jax
+  array): K, or E passes of ceil(n / B) batches."""
+  if local_steps:
+    return 0 * n + local_steps
+  return local_epochs * ((n + batch_size - 1) // batch_size)
+
+
 def make_client(apply_fn, optimizer: Callable[[jax.Array],
                                                optax.GradientTransformation], *,
                 batch_size: int, max_examples: int, local_steps: int = 0,
@@ -120,20 +143,14 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
   vmap lanes ``train`` packs its clients into (default one per client)."""
   algorithm = algorithm or fedavg()
   local_schedule = local_schedule or constant_local_schedule()
-  if batch_size < 1:
-    raise ConfigError(f'config.client.batch_size must be a positive integer, '
-                      f'got {batch_size}')
-  if (local_steps > 0) == (local_epochs > 0) or min(local_steps,
-                                                    local_epochs) < 0:
-    raise ConfigError(
-        'config.client: set exactly one of local_steps (K > 0) or '
-        f'local_epochs (E > 0); got local_steps={local_steps}, '
-        f'local_epochs={local_epochs}')
+  check_schedule(batch_size, local_steps, local_epochs)
   if lanes is not None and lanes < 1:
     raise ConfigError(f'config.client.lanes must be a positive integer (or 0 '
                       f'to choose), got {lanes}')
-  batches_per_epoch = math.ceil(max_examples / batch_size)
-  num_steps = local_steps or local_epochs * batches_per_epoch
+  steps_of = functools.partial(schedule_steps, batch_size=batch_size,
+                               local_steps=local_steps,
+                               local_epochs=local_epochs)
+  num_steps = steps_of(max_examples)
   shuffle_rounds = shuffle.num_rounds(max_examples)
   # The learning-rate schedule runs over the K steps, or the E epochs.
   length = local_steps or local_epochs
@@ -153,10 +170,6 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
   def per_epoch(n):
     return (n + batch_size - 1) // batch_size
 
-  def schedule_steps(n):
-    if local_steps:
-      return jnp.zeros_like(n) + local_steps
-    return local_epochs * per_epoch(n)
 
   def schedule_position(k, n):
     return k if local_steps else k // per_epoch(n)
@@ -172,7 +185,7 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
     if local_steps:
       return step_keys, jnp.full(batch_size, k < local_steps, jnp.float32)
     position = (k % per_epoch(n)) * batch_size + jnp.arange(batch_size)
-    valid = (position < n) & (k < schedule_steps(n))
+    valid = (position < n) & (k < steps_of(n))
     idx = shuffle.permute(jnp.minimum(position, n - 1), n, step_keys)
     return idx, valid.astype(jnp.float32)
 
@@ -205,7 +218,7 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
     num_clients = clients.id.shape[0]
     num_lanes = min(lanes or num_clients, num_clients)
     n = data.n[clients.id]
-    steps = jnp.where(clients.present, jax.vmap(schedule_steps)(n), 0)
+    steps = jnp.where(clients.present, steps_of(n), 0)
     table, iterations = lane_packing.pack(steps, num_lanes)
     keys = jax.vmap(schedule_keys)(clients.key, n)
     fresh = jax.vmap(lambda own: algorithm.start(

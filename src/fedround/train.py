@@ -30,7 +30,8 @@ from fedround.data import host
 from fedround.aggregators import build_aggregator
 from fedround.aggregators.base import Aggregate
 from fedround.attacks import ATTACKS
-from fedround.client import Client, make_client
+from fedround.client import (Client, check_schedule, make_client,
+                             schedule_steps)
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_store
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
 from fedround.divergence import Watch
@@ -179,12 +180,13 @@ def choose_lanes(config: ml_collections.ConfigDict, data) -> int:
   cohort (sampled uniformly in its simulation)."""
   devices = jax.device_count() if config.shard else 1
   clients = -(-config.clients_per_round // devices)
+  schedule = dict(batch_size=config.client.batch_size,
+                  local_steps=config.client.local_steps,
+                  local_epochs=config.client.local_epochs)
+  check_schedule(**schedule)
   n = np.asarray(data.n)
-  batch = max(config.client.batch_size, 1)  # make_client rejects < 1
-  steps = (np.full(n.shape, config.client.local_steps)
-           if config.client.local_steps else
-           config.client.local_epochs * -(-n // batch))
-  return lanes.choose_lanes(steps, min(clients, len(n)))
+  return lanes.choose_lanes(schedule_steps(n, **schedule),
+                            min(clients, len(n)))
 
 
 def _parts(config: ml_collections.ConfigDict) -> _Parts:
