@@ -96,15 +96,19 @@ def test_packed_lanes_train_as_one_lane_per_client(schedule, algorithm,
   """Synthetic's 30 clients, 10 a round: one lane per client against a few
   lanes each training several clients, unsharded and on 8 devices (2
   clients and 1 lane per device): the same parameters, per-client store
-  and losses; the packed round idles less and traces once."""
+  and losses; the packed round idles less and traces once. With K steps,
+  one lane per client (which hands nothing over) also runs on 8 devices."""
   config = fedavg_synthetic.get_config()
   config.client.update(algorithm=algorithm, **schedule)
   results = {}
-  for shard, num_lanes in ((False, 10), (False, packed), (True, 1)):
+  runs = [(False, 10), (False, packed), (True, 1)]
+  if schedule['local_steps']:
+    runs.append((True, 2))
+  for shard, num_lanes in runs:
     config.shard, config.client.lanes = shard, num_lanes
     results[shard, num_lanes] = _train(config)
   _, state, store, metrics = results[False, 10]
-  for key in ((False, packed), (True, 1)):
+  for key in runs[1:]:
     _, other_state, other_store, other_metrics = results[key]
     assert_trees_close(other_state.params, state.params, atol=1e-6)
     assert_trees_close(other_store, store, atol=1e-6)

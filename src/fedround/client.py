@@ -126,6 +126,20 @@ def schedule_steps(n, *, batch_size: int, local_steps: int,
   return local_epochs * ((n + batch_size - 1) // batch_size)
 
 
+def _reads_mean_gradient(algorithm: ClientAlgorithm, own, params,
+                         optimizer_state) -> bool:
+  """Whether ``algorithm.finish`` uses the trace's mean gradient (one
+  client's ``own``, ``params`` and ``optimizer_state`` give the shapes)."""
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                        (params, own, params, optimizer_state))
+  finish = lambda gradient, own, local, state: algorithm.finish(
+      own, LocalTrace(gradient, local, state, jnp.int32(1)))
+  jaxpr = jax.make_jaxpr(finish)(*shapes).jaxpr
+  gradient = set(jaxpr.invars[:len(jax.tree.leaves(params))])
+  read = {v for e in jaxpr.eqns for v in e.invars} | set(jaxpr.outvars)
+  return bool(gradient & read)
+
+
 def make_client(apply_fn, optimizer: Callable[[jax.Array],
                                                optax.GradientTransformation], *,
                 batch_size: int, max_examples: int, local_steps: int = 0,
@@ -219,7 +233,6 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
     num_lanes = min(lanes or num_clients, num_clients)
     n = data.n[clients.id]
     steps = jnp.where(clients.present, steps_of(n), 0)
-    table, iterations = lane_packing.pack(steps, num_lanes)
     keys = jax.vmap(schedule_keys)(clients.key, n)
     fresh = jax.vmap(lambda own: algorithm.start(
         own, optimizer(learning_rate).init(params)),
@@ -227,90 +240,138 @@ def make_client(apply_fn, optimizer: Callable[[jax.Array],
     take = lambda tree, c: jax.tree.map(lambda a: a[c], tree)
     stack = lambda tree, count: jax.tree.map(
         lambda a: jnp.broadcast_to(a, (count,) + a.shape), tree)
+    # The raw gradients are summed only for an algorithm that reads their
+    # mean.
+    keeps_gradients = _reads_mean_gradient(algorithm, take(clients.own, 0),
+                                           params, take(fresh, 0))
+    zero_gradients = (jax.tree.map(jnp.zeros_like, params)
+                      if keeps_gradients else ())
     # Counters, indices and the rate start from n so that they share its
     # sharding (under shard_map a literal would be device-invariant while
     # the loop makes it vary).
     vary = 0 * n[0]
     learning_rate = learning_rate + vary
-    lane_ids = jnp.arange(num_lanes) + vary
-    # Lane l runs client table[l, r] over its iterations
-    # [ends[l, r] - its steps, ends[l, r]): the schedule is known up front.
-    lane_work = jnp.where(table < num_clients,
-                          steps[jnp.minimum(table, num_clients - 1)], 0)
-    ends = jnp.cumsum(lane_work, axis=1)
 
-    def locate(t):
-      """(rank, local step), each [L, S], of every lane at iterations
-      ``t`` int32[S]."""
-      rank = jax.vmap(lambda e: jnp.searchsorted(e, t, side='right'))(ends)
-      rank = jnp.minimum(rank, num_clients)  # past the end: no client
-      begin = jnp.take_along_axis(ends - lane_work, rank, axis=1)
-      return rank, t[None, :] - begin
-
-    def started(rank):
-      """Lanes starting the clients at ``rank``: the global model."""
-      c = jnp.minimum(table[lane_ids, rank], num_clients - 1)
+    def started(c):
+      """Lanes starting clients ``c`` int32[L]: the global model."""
       return _Lanes(stack(params, num_lanes), take(fresh, c),
                     jnp.zeros(num_lanes, jnp.float32) + vary,
-                    stack(jax.tree.map(jnp.zeros_like, params), num_lanes),
-                    take(clients.own, c))
+                    stack(zero_gradients, num_lanes), take(clients.own, c))
 
     def lane_step(p, s, x, y, valid, rate, own):
       return corrected_step(p, s, x, y, valid, rate, lambda g, local:
                             algorithm.direction(g, local, params, own,
                                                 shared))
 
-    def chunk(carry):
-      """``chunk_length`` iterations: their batches drawn and gathered at
-      once (the keyed order is cheap only vectorised), then stepped one by
-      one."""
-      t, run, done = carry
-      rank, k = locate(t + jnp.arange(chunk_length))
-      c = jnp.take_along_axis(table, rank, axis=1)   # [L, S]
-      live = c < num_clients
-      c = jnp.minimum(c, num_clients - 1)
+    def gathered(c, k):
+      """(x, y, valid, rate), each [S, L, ...]: the batches of clients
+      ``c`` at their local steps ``k`` (int32[S, L]), drawn and gathered at
+      once (the keyed order is cheap only vectorised)."""
       both = lambda f: jax.vmap(jax.vmap(f))
       idx, valid = both(batch)(keys[c, key_row(k, n[c])], n[c], k)
       x, y = both(data.rows)(clients.id[c], idx)
       rate = learning_rate * local_schedule(schedule_position(k, n[c]),
                                             length)
-      finished = live & (k + 1 == steps[c])
+      return x, y, valid, rate
 
-      def iteration(carry, inputs):
-        run, done = carry
-        x, y, valid, rate, ending, c, rank = inputs
-        p, s, loss, grads = jax.vmap(lane_step)(
-            run.params, run.optimizer_state, x, y, valid, rate, run.own)
-        run = _Lanes(p, s, run.loss_sum + loss,
-                     jax.tree.map(jnp.add, run.grad_sum, grads), run.own)
-
-        def hand_over(run, done):
-          """Finished lanes store their client's run and start the next."""
-          target = jnp.where(ending, c, num_clients)  # out of range: kept
-          done = jax.tree.map(lambda d, v: d.at[target].set(v, mode='drop'),
-                              done, (run.params, run.optimizer_state,
-                                     run.loss_sum, run.grad_sum))
-          run = jax.tree.map(lambda new, old: jnp.where(
-              ending.reshape((-1,) + (1,) * (old.ndim - 1)), new, old),
-                             started(rank + 1), run)
-          return run, done
-
-        return jax.lax.cond(jnp.any(ending), hand_over,
-                            lambda run, done: (run, done), run, done), None
-
-      by_iteration = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1),
-                                  (x, y, valid, rate, finished, c, rank))
-      (run, done), _ = jax.lax.scan(iteration, (run, done), by_iteration)
-      return t + chunk_length, run, done
+    def stepped(run, x, y, valid, rate):
+      """Every lane's local step on its batch."""
+      p, s, loss, grads = jax.vmap(lane_step)(
+          run.params, run.optimizer_state, x, y, valid, rate, run.own)
+      if keeps_gradients:
+        grads = jax.tree.map(jnp.add, run.grad_sum, grads)
+      return _Lanes(p, s, run.loss_sum + loss,
+                    grads if keeps_gradients else (), run.own)
 
     # Clients that take no step keep the global model and a fresh state.
-    done = (stack(params, num_clients), fresh,
-            jnp.zeros(num_clients, jnp.float32) + vary,
-            stack(jax.tree.map(jnp.zeros_like, params), num_clients))
-    computed, _, done = jax.lax.while_loop(
-        lambda carry: carry[0] < iterations, chunk,
-        (vary, started(jnp.zeros(num_lanes, jnp.int32) + vary),
-         done))
+    untrained = (stack(params, num_clients), fresh,
+                 jnp.zeros(num_clients, jnp.float32) + vary,
+                 stack(zero_gradients, num_clients))
+
+    def packed():
+      """(iterations, finished runs): the cohort packed into the lanes
+      (fedround.lanes), each lane training its clients one after another;
+      a lane that finishes a client stores its run and starts the next."""
+      table, iterations = lane_packing.pack(steps, num_lanes)
+      # Lane l runs client table[l, r] over its iterations
+      # [ends[l, r] - its steps, ends[l, r]): known up front.
+      lane_work = jnp.where(table < num_clients,
+                            steps[jnp.minimum(table, num_clients - 1)], 0)
+      ends = jnp.cumsum(lane_work, axis=1)
+      client_at = lambda rank: jnp.minimum(
+          jnp.take_along_axis(table, rank, axis=1), num_clients - 1)
+
+      def locate(t):
+        """(rank, local step), each [L, S], of every lane at iterations
+        ``t`` int32[S]."""
+        rank = jax.vmap(lambda e: jnp.searchsorted(e, t, side='right'))(ends)
+        rank = jnp.minimum(rank, num_clients)  # past the end: no client
+        begin = jnp.take_along_axis(ends - lane_work, rank, axis=1)
+        return rank, t[None, :] - begin
+
+      def chunk(carry):
+        """``chunk_length`` iterations, their batches gathered at once."""
+        t, run, done = carry
+        rank, k = locate(t + jnp.arange(chunk_length))
+        live = jnp.take_along_axis(table, rank, axis=1) < num_clients
+        c = client_at(rank)
+        finished = live & (k + 1 == steps[c])
+        by_iteration = lambda a: a.T  # [L, S] -> [S, L]
+
+        def iteration(carry, inputs):
+          run, done = carry
+          batch, ending, c, rank = inputs
+          run = stepped(run, *batch)
+
+          def hand_over(run, done):
+            """Finished lanes store their client's run and start the
+            next."""
+            target = jnp.where(ending, c, num_clients)  # out of range: kept
+            done = jax.tree.map(
+                lambda d, v: d.at[target].set(v, mode='drop'), done,
+                (run.params, run.optimizer_state, run.loss_sum,
+                 run.grad_sum))
+            following = client_at((rank + 1)[:, None])[:, 0]
+            run = jax.tree.map(lambda new, old: jnp.where(
+                ending.reshape((-1,) + (1,) * (old.ndim - 1)), new, old),
+                               started(following), run)
+            return run, done
+
+          return jax.lax.cond(jnp.any(ending), hand_over,
+                              lambda run, done: (run, done), run, done), None
+
+        (run, done), _ = jax.lax.scan(
+            iteration, (run, done),
+            (gathered(by_iteration(c), by_iteration(k)),
+             *map(by_iteration, (finished, c, rank))))
+        return t + chunk_length, run, done
+
+      first = client_at(jnp.zeros((num_lanes, 1), jnp.int32) + vary)[:, 0]
+      computed, _, done = jax.lax.while_loop(
+          lambda carry: carry[0] < iterations, chunk,
+          (vary, started(first), untrained))
+      return computed, done
+
+    if local_steps and num_lanes == num_clients:
+      # A lane per client and K steps each: nothing to hand over.
+      c = jnp.broadcast_to(jnp.arange(num_clients) + vary,
+                           (chunk_length, num_clients))
+
+      def chunk(run, first):
+        k = first + jnp.arange(chunk_length)[:, None] + 0 * c
+        return jax.lax.scan(lambda run, inputs: (stepped(run, *inputs),
+                                                 None),
+                            run, gathered(c, k))
+
+      run, _ = jax.lax.scan(chunk, started(c[0]),
+                            jnp.arange(0, local_steps, chunk_length) + vary)
+      keep = lambda new, old: jnp.where(clients.present.reshape(
+          (-1,) + (1,) * (old.ndim - 1)), new, old)
+      done = jax.tree.map(keep, (run.params, run.optimizer_state,
+                                 run.loss_sum, run.grad_sum), untrained)
+      computed = vary + local_steps
+    else:
+      computed, done = packed()
     local, optimizer_state, loss_sum, grad_sum = done
 
     def result(i, n, steps, own, local, optimizer_state, loss_sum,
