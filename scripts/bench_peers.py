@@ -261,6 +261,28 @@ def time_floor(experiment, cohorts: np.ndarray, rounds_per_chunk: int):
   return ms, compile_s
 
 
+def time_rounds(experiment, rounds: int, calls: int):
+  """(compiled, compile s, ms/round of each call, each call's metrics, the
+  store after): ``make_rounds`` of the experiment's round over ``rounds``
+  rounds from its initial state, compiled, warmed up once, then called
+  ``calls`` times."""
+  state, store = experiment.init_state()
+  data, active = experiment.data, jnp.int32(rounds)
+  begin = time.perf_counter()
+  compiled = make_rounds(experiment.round.fn, rounds).lower(
+      state, store, data, active).compile()
+  compile_s = time.perf_counter() - begin
+  state, store, _ = compiled(state, store, data, active)
+  call_ms, metrics = [], []
+  for _ in range(calls):
+    begin = time.perf_counter()
+    state, store, call_metrics = jax.block_until_ready(
+        compiled(state, store, data, active))
+    call_ms.append(1000 * (time.perf_counter() - begin) / rounds)
+    metrics.append(call_metrics)
+  return compiled, compile_s, call_ms, metrics, store
+
+
 def cohort_work(config, n: np.ndarray, cohorts: np.ndarray) -> dict:
   """fedround's work per timed round: local steps and examples in
   gradients."""
@@ -294,30 +316,20 @@ def bench(name: str, workload: Workload, quick: bool) -> dict:
     cohorts_file = os.path.join(tmp, 'cohorts.npy')
     np.save(cohorts_file, cohorts.astype(np.int32))
 
-    data, active = experiment.data, jnp.int32(rounds)
-    begin = time.perf_counter()
-    compiled = make_rounds(experiment.round.fn, rounds).lower(
-        state, store, data, active).compile()
-    compile_s = time.perf_counter() - begin
-    state, store, _ = compiled(state, store, data, active)
-    call_ms, idle, steps, lane_steps = [], [], [], []
-    for _ in range(calls):
-      begin = time.perf_counter()
-      state, store, metrics = jax.block_until_ready(
-          compiled(state, store, data, active))
-      call_ms.append(1000 * (time.perf_counter() - begin) / rounds)
-      idle.append(np.asarray(metrics['idle_step_fraction']))
-      steps.append(np.asarray(metrics['local_steps']))
-      lane_steps.append(np.asarray(metrics['lane_steps']))
+    data = experiment.data
+    _, compile_s, call_ms, metrics, _ = time_rounds(experiment, rounds, calls)
+    stacked = lambda name: np.concatenate([np.asarray(m[name])
+                                           for m in metrics])
+    idle, steps, lane_steps = (stacked('idle_step_fraction'),
+                               stacked('local_steps'), stacked('lane_steps'))
     work = cohort_work(config, np.asarray(data.train.n), cohorts)
-    idle = np.concatenate(idle)
-    if not np.array_equal(np.concatenate(steps), work['steps']):
+    if not np.array_equal(steps, work['steps']):
       raise RuntimeError('the exported cohorts are not the rounds fedround '
                          'trained: their local steps differ')
     mean = lambda a: float(np.mean(a))
     rows = [dict(label='fedround', ms=statistics.median(call_ms),
                  compile_s=compile_s, steps=mean(work['steps']),
-                 lane_steps=mean(np.concatenate(lane_steps)),
+                 lane_steps=mean(lane_steps),
                  examples=mean(work['examples']),
                  work=WORK[schedule]['fedround'], kind='fedround')]
     floor_ms, floor_compile_s = time_floor(experiment, cohorts, rounds)

@@ -29,7 +29,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 
 DEVICES = (1, 8)
 COHORTS = (10, 30, 100, 300)
@@ -44,14 +43,12 @@ def point(workload_name: str, model: str, clients: int, devices: int,
           algorithm: str) -> dict:
   """One fedround measurement, in this process (its device count set)."""
   flags = os.environ.get('XLA_FLAGS', '')
-  from bench_peers import WORKLOADS  # scripts/; it sets one device
+  from bench_peers import WORKLOADS, time_rounds  # scripts/; one device
   os.environ['XLA_FLAGS'] = flags    # before jax starts its backend
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from bench import configure
   from fedround import train
-  from fedround.rounds import make_rounds
 
   workload = WORKLOADS[workload_name]
   config = configure(workload._replace(overrides={
@@ -59,19 +56,8 @@ def point(workload_name: str, model: str, clients: int, devices: int,
       'client.algorithm': algorithm}))
   config.shard = devices > 1
   experiment = train.build(config)
-  state, store = experiment.init_state()
-  data, active = experiment.data, jnp.int32(POINT_ROUNDS)
-  begin = time.perf_counter()
-  compiled = make_rounds(experiment.round.fn, POINT_ROUNDS).lower(
-      state, store, data, active).compile()
-  compile_s = time.perf_counter() - begin
-  state, store, _ = compiled(state, store, data, active)
-  call_ms = []
-  for _ in range(POINT_CALLS):
-    begin = time.perf_counter()
-    state, store, _ = jax.block_until_ready(compiled(state, store, data,
-                                                     active))
-    call_ms.append(1000 * (time.perf_counter() - begin) / POINT_ROUNDS)
+  compiled, compile_s, call_ms, _, store = time_rounds(
+      experiment, POINT_ROUNDS, POINT_CALLS)
   memory = compiled.memory_analysis()
   leaves = jax.tree.leaves(store)
   return dict(
@@ -79,9 +65,10 @@ def point(workload_name: str, model: str, clients: int, devices: int,
       algorithm=algorithm, compile_s=compile_s,
       ms=float(np.median(call_ms)),
       temp_mib=memory.temp_size_in_bytes / 2 ** 20,
-      params=sum(p.size for p in jax.tree.leaves(state.params)),
+      params=sum(p.size for p in jax.tree.leaves(
+          experiment.init_state()[0].params)),
       store_bytes_per_client=sum(a.nbytes for a in leaves)
-      / data.num_clients)
+      / experiment.data.num_clients)
 
 
 def run_point(workload_name: str, model: str, clients: int, devices: int,
