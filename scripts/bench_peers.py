@@ -21,8 +21,10 @@ trains the same clients each round:
     merged batches mostly masked lanes, so this script's ``epoch_floor``
     is used: the cohort's examples concatenated, E passes in
     ceil(E sum n_i / (C B)) steps of C * B, the last partial.
-Every program times the same chunks of R rounds after a warm-up; ms/round
-is the median over chunks of chunk time / R. Everything runs on one CPU
+Every program times the same chunks of R rounds after a warm-up, in
+passes that time every program in turn (a slow spell of a shared machine
+falls on all); ms/round is the median over passes of the median over
+chunks of chunk time / R. Everything runs on one CPU
 device (XLA_FLAGS), without the persistent compilation cache, one program
 after another. Targets (issue 18): fedround >= 10x faster than FedJAX,
 >= 1.5x faster than DrJAX (its fastest variant), <= 2x the floor.
@@ -93,6 +95,7 @@ class Workload(NamedTuple):
 FEDJAX = Peer('FedJAX 0.0.17', 'fedjax', 'fedjax_fedavg.py')
 DRJAX = Peer('DrJAX 0.2.1', 'drjax', 'drjax_fedavg.py')
 QUICK_CALLS = 2
+PASSES = 3  # each program timed this many times, in turn (--quick: 1)
 SYNTHETIC = {'data.num_clients': 1000, 'model': 'logistic',
              'clients_per_round': 100, 'client.batch_size': 10,
              'client.optimizer': 'sgd', 'client.learning_rate': 0.01,
@@ -231,8 +234,9 @@ def epoch_floor(client, learning_rate, epochs: int, merged_batch: int):
   return jax.jit(floor)
 
 
-def time_floor(experiment, cohorts: np.ndarray, rounds_per_chunk: int):
-  """(ms per round, compile s) of the floor on the timed rounds' cohorts."""
+def floor_timer(experiment, cohorts: np.ndarray, rounds_per_chunk: int):
+  """(compile s, timed): the floor compiled and warmed up on the timed
+  rounds' cohorts; ``timed()`` -> its ms per round over them."""
   config, client, data = (experiment.config, experiment.client,
                           experiment.data)
   learning_rate = jnp.float32(config.client.learning_rate)
@@ -257,30 +261,43 @@ def time_floor(experiment, cohorts: np.ndarray, rounds_per_chunk: int):
   compiled = floor.lower(params, *inputs[0]).compile()
   compile_s = time.perf_counter() - begin
   compiled(params, *inputs[0])  # warm-up
-  ms = chunked_ms(lambda i: compiled(params, *i), inputs, rounds_per_chunk)
-  return ms, compile_s
+  return compile_s, lambda: chunked_ms(lambda i: compiled(params, *i), inputs,
+                                       rounds_per_chunk)
 
 
-def time_rounds(experiment, rounds: int, calls: int):
-  """(compiled, compile s, ms/round of each call, each call's metrics, the
-  store after): ``make_rounds`` of the experiment's round over ``rounds``
-  rounds from its initial state, compiled, warmed up once, then called
-  ``calls`` times."""
+def rounds_timer(experiment, rounds: int):
+  """(compiled, compile s, timed): ``make_rounds`` of the experiment's round
+  over ``rounds`` rounds, compiled and warmed up once from its initial state;
+  ``timed(calls)`` -> (ms/round of each call, each call's metrics, the store
+  after) calls it ``calls`` times in a row, from (a copy of) the state the
+  warm-up left, so that every pass trains the same rounds."""
   state, store = experiment.init_state()
   data, active = experiment.data, jnp.int32(rounds)
   begin = time.perf_counter()
   compiled = make_rounds(experiment.round.fn, rounds).lower(
       state, store, data, active).compile()
   compile_s = time.perf_counter() - begin
-  state, store, _ = compiled(state, store, data, active)
-  call_ms, metrics = [], []
-  for _ in range(calls):
-    begin = time.perf_counter()
-    state, store, call_metrics = jax.block_until_ready(
-        compiled(state, store, data, active))
-    call_ms.append(1000 * (time.perf_counter() - begin) / rounds)
-    metrics.append(call_metrics)
-  return compiled, compile_s, call_ms, metrics, store
+  warm = compiled(state, store, data, active)[:2]
+
+  def timed(calls: int):
+    state, store = jax.tree.map(jnp.copy, warm)  # the call donates them
+    call_ms, metrics = [], []
+    for _ in range(calls):
+      begin = time.perf_counter()
+      state, store, call_metrics = jax.block_until_ready(
+          compiled(state, store, data, active))
+      call_ms.append(1000 * (time.perf_counter() - begin) / rounds)
+      metrics.append(call_metrics)
+    return call_ms, metrics, store
+
+  return compiled, compile_s, timed
+
+
+def time_rounds(experiment, rounds: int, calls: int):
+  """(compiled, compile s, ms/round of each call, each call's metrics, the
+  store after): ``rounds_timer``'s program timed once."""
+  compiled, compile_s, timed = rounds_timer(experiment, rounds)
+  return (compiled, compile_s, *timed(calls))
 
 
 def cohort_work(config, n: np.ndarray, cohorts: np.ndarray) -> dict:
@@ -302,6 +319,7 @@ def bench(name: str, workload: Workload, quick: bool) -> dict:
   config = configure(workload)
   rounds = workload.rounds_per_call
   calls = QUICK_CALLS if quick else workload.calls
+  passes = 1 if quick else PASSES
   schedule = 'steps' if config.client.local_steps else 'epochs'
   with tempfile.TemporaryDirectory() as tmp:
     federation_dir = os.path.join(tmp, 'federation')
@@ -317,31 +335,8 @@ def bench(name: str, workload: Workload, quick: bool) -> dict:
     np.save(cohorts_file, cohorts.astype(np.int32))
 
     data = experiment.data
-    _, compile_s, call_ms, metrics, _ = time_rounds(experiment, rounds, calls)
-    stacked = lambda name: np.concatenate([np.asarray(m[name])
-                                           for m in metrics])
-    idle, steps, lane_steps = (stacked('idle_step_fraction'),
-                               stacked('local_steps'), stacked('lane_steps'))
-    work = cohort_work(config, np.asarray(data.train.n), cohorts)
-    if not np.array_equal(steps, work['steps']):
-      raise RuntimeError('the exported cohorts are not the rounds fedround '
-                         'trained: their local steps differ')
-    mean = lambda a: float(np.mean(a))
-    rows = [dict(label='fedround', ms=statistics.median(call_ms),
-                 compile_s=compile_s, steps=mean(work['steps']),
-                 lane_steps=mean(lane_steps),
-                 examples=mean(work['examples']),
-                 work=WORK[schedule]['fedround'], kind='fedround')]
-    floor_ms, floor_compile_s = time_floor(experiment, cohorts, rounds)
-    merged_batch = cohorts.shape[1] * config.client.batch_size
-    floor_steps = (config.client.local_steps
-                   or -(-work['examples'] // merged_batch))
-    rows.append(dict(label='floor (one model, batch C*B)', ms=floor_ms,
-                     compile_s=floor_compile_s, steps=mean(floor_steps),
-                     lane_steps=mean(floor_steps),
-                     examples=mean(work['examples']),
-                     work=WORK[schedule]['floor'], kind='floor'))
-
+    _, compile_s, timed = rounds_timer(experiment, rounds)
+    floor_compile_s, timed_floor = floor_timer(experiment, cohorts, rounds)
     arguments = ['--data', federation_dir, '--cohorts', cohorts_file,
                  '--model', config.model,
                  '--batch-size', str(config.client.batch_size),
@@ -349,18 +344,51 @@ def bench(name: str, workload: Workload, quick: bool) -> dict:
                  '--local-steps', str(config.client.local_steps),
                  '--learning-rate', str(config.client.learning_rate),
                  '--rounds-per-chunk', str(rounds)]
-    versions = {}
-    for peer in workload.peers:
-      result = run_peer(peer, arguments)
-      versions[peer.venv] = result['jax']
-      rows.append(dict(label=peer.label, ms=result['ms_per_round'],
-                       compile_s=result['compile_s'], steps=result['steps'],
-                       lane_steps=result['lane_steps'],
-                       examples=result['examples'],
-                       work=WORK[schedule][peer.venv], kind=peer.venv))
+    # Every pass times every program once, one after another, so that a
+    # slow spell of this shared machine falls on all of them.
+    fedround_ms, floor_ms, peer_results = [], [], []
+    for _ in range(passes):
+      call_ms, metrics, _ = timed(calls)
+      fedround_ms.append(statistics.median(call_ms))
+      floor_ms.append(timed_floor())
+      peer_results.append([run_peer(peer, arguments)
+                           for peer in workload.peers])
+  stacked = lambda name: np.concatenate([np.asarray(m[name])
+                                         for m in metrics])
+  idle, steps, lane_steps = (stacked('idle_step_fraction'),
+                             stacked('local_steps'), stacked('lane_steps'))
+  work = cohort_work(config, np.asarray(data.train.n), cohorts)
+  if not np.array_equal(steps, work['steps']):
+    raise RuntimeError('the exported cohorts are not the rounds fedround '
+                       'trained: their local steps differ')
+  mean = lambda a: float(np.mean(a))
+  rows = [dict(label='fedround', ms=fedround_ms, compile_s=compile_s,
+               steps=mean(work['steps']), lane_steps=mean(lane_steps),
+               examples=mean(work['examples']),
+               work=WORK[schedule]['fedround'], kind='fedround')]
+  merged_batch = cohorts.shape[1] * config.client.batch_size
+  floor_steps = (config.client.local_steps
+                 or -(-work['examples'] // merged_batch))
+  rows.append(dict(label='floor (one model, batch C*B)', ms=floor_ms,
+                   compile_s=floor_compile_s, steps=mean(floor_steps),
+                   lane_steps=mean(floor_steps),
+                   examples=mean(work['examples']),
+                   work=WORK[schedule]['floor'], kind='floor'))
+  versions = {}
+  for peer, results in zip(workload.peers, zip(*peer_results)):
+    result = results[0]
+    versions[peer.venv] = result['jax']
+    rows.append(dict(label=peer.label, ms=[r['ms_per_round'] for r in results],
+                     compile_s=result['compile_s'], steps=result['steps'],
+                     lane_steps=result['lane_steps'],
+                     examples=result['examples'],
+                     work=WORK[schedule][peer.venv], kind=peer.venv))
+  for row in rows:  # each program's passes: their median and range
+    row['range'] = (min(row['ms']), max(row['ms']))
+    row['ms'] = statistics.median(row['ms'])
   return dict(name=name, description=workload.description, rows=rows,
               idle=mean(idle), timed_rounds=len(cohorts), rounds=rounds,
-              versions=versions)
+              passes=passes, versions=versions)
 
 
 def verdict(ok: bool) -> str:
@@ -374,14 +402,17 @@ def format_workload(result: dict) -> str:
   fedround_ms = by_kind('fedround')[0]['ms']
   lines = [f'### {result["name"]}: {result["description"]}', '',
            f'{result["timed_rounds"]} timed rounds in chunks of '
-           f'{result["rounds"]}, the same cohorts for every program.', '',
-           '| program | ms/round (median) | compile s | local steps/round | '
-           'lane-steps/round | examples/round | ms / fedround\'s | '
-           'what it computes |',
-           '|---|---|---|---|---|---|---|---|']
+           f'{result["rounds"]}, the same cohorts for every program; '
+           f'{result["passes"]} pass(es), each timing every program in turn.',
+           '',
+           '| program | ms/round | its range over passes | compile s | '
+           'local steps/round | lane-steps/round | examples/round | '
+           'ms / fedround\'s | what it computes |',
+           '|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(
-        f'| {r["label"]} | {r["ms"]:.2f} | {r["compile_s"]:.2f} | '
+        f'| {r["label"]} | {r["ms"]:.2f} | {r["range"][0]:.2f}-'
+        f'{r["range"][1]:.2f} | {r["compile_s"]:.2f} | '
         f'{r["steps"]:.0f} | {r["lane_steps"]:.0f} | {r["examples"]:.0f} | '
         f'{r["ms"] / fedround_ms:.2f}x | {r["work"]} |')
   fedjax_ms = by_kind('fedjax')[0]['ms']
@@ -412,8 +443,10 @@ def format_report(results: list[dict], command: str) -> str:
       'local steps: steps with at least one real example, summed over '
       'clients; lane-steps: client steps the program computes, masked ones '
       'included; examples: rows that enter a gradient (repeats counted, '
-      'padding not); ms/round: median over chunks of the chunk\'s time / R, '
-      'compile excluded (FedJAX: its warm-up round less the median round).',
+      'padding not); ms/round: the median over passes of a pass\'s median '
+      'over chunks of the chunk\'s time / R, compile excluded (FedJAX: its '
+      'warm-up round less the median round; compile s from the first '
+      'pass).',
       f'command: {command}  \ndate: '
       f'{datetime.datetime.now().isoformat(timespec="minutes")}  \n'
       f'versions: fedround .venv: jax {jax.__version__}; {peer_versions}; '
