@@ -27,6 +27,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_peers.py --out docs/bench_peers.md
+	$(PY) scripts/bench_scale.py --out docs/bench_scale.md --plot docs/bench_scale.png
 	$(PY) scripts/bench_aggregators.py --out docs/bench_aggregators.md
 	$(PY) scripts/bench_aggregators.py --sharded --out docs/bench_aggregators_sharded.md
 	$(PY) scripts/bench_client_state.py --clients 10000 --out docs/bench_client_state.md
