@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench clean
+.PHONY: install run run-multi test test-slow bench clean
 
 install: $(STAMP)
 
@@ -16,6 +16,17 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(PY) scripts/train.py --config experiments/fedavg_synthetic.py --workdir runs/fedavg_synthetic
+
+# make run's job as one run of two processes with 4 CPU devices each, joined
+# at a localhost coordinator (README: "Many hosts").
+MULTI_PORT ?= 12355
+MULTI := $(PY) scripts/train.py --config experiments/fedavg_synthetic.py \
+	--workdir runs/fedavg_synthetic_2x4 --num_processes=2 \
+	--coordinator_address=localhost:$(MULTI_PORT)
+run-multi: $(STAMP)
+	export JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=4; \
+	$(MULTI) --process_id=1 & other=$$!; \
+	$(MULTI) --process_id=0; first=$$?; wait $$other; exit $$((first || $$?))
 
 # One pytest worker per core; full-size end-to-end runs are `make test-slow`.
 test: $(STAMP)

@@ -9,6 +9,8 @@ The grid is the experiment file's ``get_sweep()`` (if any) times every
 Rerunning resumes: finished runs are skipped, interrupted ones continue from
 their checkpoints. A failing run does not stop the others; the summary lists
 it and the exit status is 1. Then: ``python scripts/report.py DIR``.
+Over many processes (the flags of scripts/train.py's multi-process run)
+every process trains every run in turn, with --jobs 1.
 """
 import ast
 import sys
@@ -16,8 +18,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import jax
+
 from fedround import sweep
-from fedround.cli import parse_flags
+from fedround.cli import parse_flags, start_distributed
+from fedround.distributed import is_primary
 from fedround.registry import ConfigError
 from fedround.workdir import RunError, prepare
 
@@ -54,6 +59,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
+    start_distributed()
+    if jax.process_count() > 1 and _JOBS.value > 1:
+      raise ConfigError('--jobs must be 1 in a multi-process sweep: every '
+                        'process trains each run over all their devices')
     replicas = sweep.parse_replica_fields(_REPLICAS.value)
     grid = sweep.product(sweep.declared_grid(flags.FLAGS['config'].config_filename),
                          *map(parse_axis, _SWEEP.value))
@@ -64,8 +73,9 @@ def main(argv):
   except RunError as e:
     sys.exit(f'error: {e}')
   result = sweep.execute(runs, jobs=_JOBS.value, replicas=replicas,
-                         progress=_CONFIG.value.progress)
-  print(sweep.format_result(result))
+                         progress=_CONFIG.value.progress and is_primary())
+  if is_primary():
+    print(sweep.format_result(result))
   sys.exit(1 if result.failed else 0)
 
 

@@ -4,6 +4,9 @@
       --workdir runs/fedavg_synthetic [--config.rounds=50]
 
 Rerunning with the same --workdir resumes from its latest checkpoint.
+A multi-process run starts the same command in every process, with
+--distributed (TPU pods, SLURM) or --coordinator_address=host:port
+--num_processes=N --process_id=I (README: "Many hosts").
 """
 import sys
 
@@ -11,7 +14,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fedround import train
-from fedround.cli import parse_flags
+from fedround.cli import parse_flags, start_distributed
+from fedround.distributed import is_primary
 from fedround.registry import ConfigError
 from fedround.workdir import RunError
 
@@ -26,12 +30,14 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   try:
+    start_distributed()
     result = train.run(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     sys.exit(f'config error: {e}')
   except RunError as e:
     sys.exit(f'error: {e}')
-  print(train.format_summary(result.summary))
+  if is_primary():
+    print(train.format_summary(result.summary))
 
 
 if __name__ == '__main__':

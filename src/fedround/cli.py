@@ -6,6 +6,24 @@ import sys
 
 from absl import flags
 
+from fedround import distributed
+
+# Multi-controller runs (fedround.distributed), for train.py and sweep.py.
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-process run found by JAX\'s cluster '
+    'detection (TPU pod slices, SLURM).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 of a multi-process '
+    'run; with --num_processes and --process_id.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Processes in the multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   "This process's index, 0 to "
+                                   '--num_processes - 1.')
+_TIMEOUT = flags.DEFINE_integer(
+    'distributed_timeout', 60, 'Seconds to wait for every process of a '
+    'multi-process run to join.')
+
 
 def _config_path(argv) -> str | None:
   """The file named by ``--config path[:variant]``, if any."""
@@ -33,3 +51,12 @@ def parse_flags(argv):
     while isinstance(reason, BaseException) and reason.args:
       reason = reason.args[0]
     sys.exit(f'config error: no such config field {reason}'.replace('\n', '; '))
+
+
+def start_distributed() -> None:
+  """``distributed.initialize`` from the flags, when any asks for a
+  multi-process run."""
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if _DISTRIBUTED.value or any(v is not None for v in explicit):
+    distributed.initialize(*explicit, auto=_DISTRIBUTED.value,
+                           timeout_s=_TIMEOUT.value)

@@ -34,6 +34,7 @@ from fedround.client import (Client, check_schedule, make_client,
                              schedule_steps)
 from fedround.client_algorithms import CLIENT_ALGORITHMS, init_store
 from fedround.data import DATASETS, PARTICIPATION, FederatedData
+from fedround.distributed import is_primary, sync
 from fedround.divergence import Watch
 from fedround.models import MODELS
 from fedround.optimizers import (LOCAL_SCHEDULES, build_optimizer,
@@ -334,6 +335,7 @@ class _RunLog:
     self.checkpoints = Checkpoints(workdir, config.keep_checkpoints)
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self.summary_path = os.path.join(workdir, 'summary.json')
+    self.primary = is_primary()  # writes the metrics and the summary
 
   def finished_summary(self, start: int) -> dict | None:
     """The summary of a run already trained to ``config.rounds``."""
@@ -345,18 +347,22 @@ class _RunLog:
 
   def open(self, start: int):
     """Writes the config the run now follows, drops metric rows past
-    ``start`` and opens the metrics file to append."""
-    with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
-      f.write(self.config.to_json_best_effort(indent=2))
+    ``start`` and opens the metrics file to append (the primary process;
+    every process reads the history its divergence watch resumes from)."""
     history = _read_metrics(self.metrics_path, start)
-    with open(self.metrics_path, 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in history)
     self.best = max((r['test_accuracy'] for r in history
                      if 'test_accuracy' in r), default=float('nan'))
     self.last_eval = next((r for r in reversed(history)
                            if 'test_accuracy' in r), {})
     self.watch = Watch(self.config.loss_explosion, self.config.halt_after,
                        history)
+    sync('metrics read')
+    if not self.primary:
+      return
+    with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
+      f.write(self.config.to_json_best_effort(indent=2))
+    with open(self.metrics_path, 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in history)
     self.log = open(self.metrics_path, 'a')
     # Rounds past ``start`` that an interrupted run logged are purged from
     # TensorBoard's view, as they are dropped from metrics.jsonl.
@@ -372,6 +378,8 @@ class _RunLog:
         filename_suffix=f'.from_round_{start}')
 
   def write(self, rows: list[dict]):
+    if not self.primary:
+      return
     self.log.writelines(json.dumps(r) + '\n' for r in rows)
     self.log.flush()
     for row in rows:
@@ -380,9 +388,15 @@ class _RunLog:
           self.events.add_scalar(name, value, row['round'])
     self.events.flush()
 
+  def write_summary(self, summary: dict):
+    if self.primary:
+      with open(self.summary_path, 'w') as f:
+        json.dump(summary, f, indent=2)
+
   def close(self):
-    self.log.close()
-    self.events.close()
+    if self.primary:
+      self.log.close()
+      self.events.close()
     self.checkpoints.close()
 
 
@@ -496,7 +510,7 @@ def _train(experiment: Experiment, configs, workdirs,
       log.checkpoints.close()
     return [RunResult(s['server'], s['clients'], summary)
             for s, summary in zip(states, done)]
-  if start:
+  if start and is_primary():
     tqdm.tqdm.write(f'{", ".join(workdirs)}: resuming after round {start}, '
                     f'training on to round {config.rounds}', file=sys.stderr)
   for log in logs:
@@ -538,7 +552,8 @@ def _train(experiment: Experiment, configs, workdirs,
                              *trains).compile()
   compile_seconds = time.perf_counter() - t0
   bar = tqdm.tqdm(total=config.rounds, initial=start, unit='round',
-                  disable=not config.progress, dynamic_ncols=True, leave=None)
+                  disable=not (config.progress and is_primary()),
+                  dynamic_ncols=True, leave=None)
   scores = {}  # the last evaluation, until the logging action writes it
 
   def evaluate_model(done: Chunk):
@@ -565,7 +580,7 @@ def _train(experiment: Experiment, configs, workdirs,
         log.best = np.nanmax([log.best, log.last_eval['test_accuracy']])
       for row in rows:
         log.watch.observe(row)
-        if row['unhealthy_rounds'] == 1:
+        if row['unhealthy_rounds'] == 1 and log.primary:
           logging.warning('%s: round %d: %s', log.workdir, row['round'],
                           log.watch.reason)
       log.write(rows)
@@ -637,8 +652,7 @@ def _train(experiment: Experiment, configs, workdirs,
             'chunks_prefetched': feed.prefetched,
             'input_wait_seconds': round(feed.wait_seconds, 3)}),
     }
-    with open(log.summary_path, 'w') as f:
-      json.dump(summary, f, indent=2)
+    log.write_summary(summary)
     results.append(RunResult(unstack(state, r), unstack(store, r), summary))
   return results
 

@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from fedround.distributed import is_primary, sync
 from fedround.rounds import all_finite
 
 SET_ASIDE = 'set_aside'
@@ -54,9 +55,13 @@ def prepare(workdir: str) -> None:
 def hold(workdir: str):
   """Holds ``workdir`` for one run (see the module docstring). A run that
   wrote nothing (a config error) leaves no lock file, nor the workdir if
-  it made it."""
+  it made it. In a multi-process run the primary process holds it for
+  all."""
   created = not os.path.exists(workdir)
   prepare(workdir)
+  if not is_primary():
+    yield
+    return
   path = os.path.join(workdir, 'lock')
   try:
     handle = open(path, 'a+')  # pylint: disable=consider-using-with
@@ -115,6 +120,7 @@ class Checkpoints:
       for name in sorted(os.listdir(self.directory)):
         if _ORBAX_TMP in name:
           self._set_aside(name, 'an interrupted save left it unfinished')
+    sync('checkpoints checked')
     self.keep = keep
     self.manager = self._open()
 
@@ -128,6 +134,10 @@ class Checkpoints:
     return list(self.manager.all_steps())
 
   def _set_aside(self, name: str, reason: str) -> None:
+    """Moves ``name`` to set_aside/ (the primary process: the workdir is
+    one every process sees, as Orbax needs)."""
+    if not is_primary():
+      return
     target_dir = os.path.join(self.workdir, SET_ASIDE)
     os.makedirs(target_dir, exist_ok=True)
     target, n = os.path.join(target_dir, name), 1
@@ -139,6 +149,7 @@ class Checkpoints:
 
   def set_aside(self, step: int, reason: str) -> None:
     self._set_aside(str(step), reason)
+    sync(f'step {step} set aside')
     # A new manager: one that failed on a step may keep wrong guesses of
     # its layout (e.g. the item names, from a step missing its item).
     self.manager.close()
