@@ -31,8 +31,8 @@ RULES = {
     'fedavg': {},
     'median_sign_flip': {'aggregator': 'median', 'attack.name': 'sign_flip',
                          'attack.fraction': 0.25},
-    'scaffold': {'client.algorithm': 'scaffold'},
 }
+SCAFFOLD = {'client.algorithm': 'scaffold'}  # the killed run's
 
 
 def _free_port() -> int:
@@ -127,9 +127,11 @@ def _newest_step(workdir):
 def test_killed_processes_resume_and_train_what_one_process_trains(
     tmp_path):
   """SCAFFOLD (a per-client store split over both processes' devices),
-  both processes killed once a checkpoint is down, restarted to train on."""
+  both processes killed once a checkpoint is down, restarted to train on:
+  its parameters and store are one process's with 8 devices, uninterrupted
+  (so this is also SCAFFOLD's two-processes-equal-one test)."""
   workdir = tmp_path / 'two'
-  overrides = {**RULES['scaffold'], 'rounds': 100_000}
+  overrides = {**SCAFFOLD, 'rounds': 100_000}
   processes = _start(workdir, overrides)
   deadline = time.monotonic() + 300
   while _newest_step(workdir) < 2:

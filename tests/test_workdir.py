@@ -286,3 +286,23 @@ def test_metrics_go_to_tensorboard_too_and_a_resume_purges_later_rounds(
   purges = [event.step for event in events
             if event.session_log.status == event.session_log.START]
   assert purges == [3]
+
+
+def test_a_checkpoint_written_on_one_mesh_resumes_on_another(tmp_path):
+  """SCAFFOLD's store, split over 8 devices when saved, restored onto one
+  device (shard is a field a resume may change): the run goes on as one
+  trained on one device from the start."""
+  config = tiny_digits(rounds=2)
+  config.client.algorithm = 'scaffold'
+  config.shard = True
+  train.run(config, str(tmp_path / 'moved'))
+  config.rounds, config.shard = 4, False
+  resumed = train.run(config, str(tmp_path / 'moved'))
+  assert resumed.summary['resumed_from'] == 2
+  assert resumed.summary['devices'] == 1
+  assert {d for leaf in jax.tree.leaves(resumed.store)
+          for d in leaf.devices()} == {jax.devices()[0]}
+  straight = train.run(config, str(tmp_path / 'straight'))
+  for got, want in zip(jax.tree.leaves((resumed.state, resumed.store)),
+                       jax.tree.leaves((straight.state, straight.store))):
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
