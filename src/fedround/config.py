@@ -92,6 +92,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss_explosion = 100.0
   c.halt_after = 10
   c.shard = True  # shard the client axis when there is more than one device
+  # With shard, the device mesh: the cohort split over `clients` devices (0:
+  # every device the model axis leaves), each client's model, optimizer
+  # state and store split over `model` devices (rounds.model_spec: FSDP by
+  # parameter shapes). clients x model must be the device count.
+  c.mesh = ml_collections.ConfigDict({'clients': 0, 'model': 1})
   c.progress = True
   return c
 

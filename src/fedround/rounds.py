@@ -27,22 +27,76 @@ from fedround.attacks.base import Attack, byzantine_mask
 from fedround.client import Broadcast, Client, ClientInput
 from fedround.data import FederatedData, Participation
 from fedround.messages import Message, float32_bits
+from fedround.registry import ConfigError
 from fedround.server import ServerState, ServerUpdate
 
 CLIENTS = 'clients'
+MODEL = 'model'  # each client's model split over it (model_spec)
 BYZANTINE_STREAM = 0x42595a  # folded into the run's key: who is Byzantine
 MAX_REDRAWS = 100  # a cohort still too Byzantine after these is kept
 PARTICIPATION_STREAM = 0x504152  # the participation model's initial state
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh | None:
-  """A 1-D mesh over the ``clients`` axis, or None on a single device."""
-  devices = jax.devices()[:num_devices]
+def mesh_shape(clients: int, model: int, devices: int) -> tuple[int, int]:
+  """(clients, model) of ``config.mesh`` over ``devices`` devices
+  (``clients`` 0: as many as the model axis leaves); ConfigError (one line)
+  when they do not make the device count."""
+  if model < 1 or clients < 0:
+    raise ConfigError(f'config.mesh: clients must be >= 0 (0: every device '
+                      f'the model axis leaves) and model >= 1; got '
+                      f'clients={clients}, model={model}')
+  clients = clients or devices // model
+  if clients * model != devices:
+    raise ConfigError(
+        f'config.mesh: clients={clients} x model={model} is '
+        f'{clients * model} devices, but this run has {devices}; choose '
+        f'sizes whose product is {devices}')
+  return clients, model
+
+
+def make_mesh(clients: int = 0, model: int = 1) -> Mesh | None:
+  """The mesh of ``mesh_shape`` over every device, 1-D over ``clients`` when
+  ``model`` is 1; None on a single device."""
+  devices = jax.devices()
+  clients, model = mesh_shape(clients, model, len(devices))
   if len(devices) < 2:
     return None
-  return jax.make_mesh((len(devices),), (CLIENTS,),
-                       axis_types=(jax.sharding.AxisType.Auto,),
+  if model == 1:
+    return jax.make_mesh((clients,), (CLIENTS,),
+                         axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=devices)
+  return jax.make_mesh((clients, model), (CLIENTS, MODEL),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2,
                        devices=devices)
+
+
+def client_devices(mesh: Mesh | None) -> int:
+  """The size of the mesh's ``clients`` axis (1 without a mesh)."""
+  return 1 if mesh is None else mesh.shape[CLIENTS]
+
+
+def model_spec(shape, dtype, model: int) -> tuple:
+  """The FSDP rule, for one client's array over a ``model`` axis of that
+  size: a floating array is split along its largest dimension that
+  ``model`` divides (the first of equal ones); any other array, or one
+  with no such dimension, is whole on every device. Returns the
+  PartitionSpec entries."""
+  if model == 1 or not jnp.issubdtype(dtype, jnp.floating):
+    return ()
+  dims = [d for d, size in enumerate(shape) if size % model == 0]
+  if not dims:
+    return ()
+  split = max(dims, key=lambda d: (shape[d], -d))
+  return (None,) * split + (MODEL,)
+
+
+def shardings(tree, mesh: Mesh, lead: tuple = ()):
+  """Each leaf's NamedSharding: its leading axes as ``lead`` says (e.g.
+  (CLIENTS,) for the store, None for a replica axis), the rest by
+  ``model_spec``."""
+  model = mesh.shape.get(MODEL, 1)
+  return jax.tree.map(lambda a: NamedSharding(mesh, P(*lead, *model_spec(
+      a.shape[len(lead):], a.dtype, model))), tree)
 
 
 def replicate(tree, mesh: Mesh | None):
@@ -52,21 +106,29 @@ def replicate(tree, mesh: Mesh | None):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def store_sharding(mesh: Mesh | None, population: int, replicas: bool = False):
-  """Where the per-client store lives: its client axis split over the mesh
-  (each device holds N / devices rows) when the devices divide N, else on
-  every device. ``replicas`` puts a replica axis first."""
-  if mesh is None or population % mesh.size:
-    return None if mesh is None else NamedSharding(mesh, P())
-  return NamedSharding(mesh, P(None, CLIENTS) if replicas else P(CLIENTS))
+def store_sharding(store, mesh: Mesh | None, population: int,
+                   replicas: bool = False):
+  """Where each leaf of the per-client store lives: its client axis split
+  over the mesh's ``clients`` axis (each device holds N / devices rows) when
+  they divide N, else whole on every client device; each client's row by
+  ``model_spec``. ``replicas`` puts a replica axis first."""
+  if mesh is None:
+    return None
+  split = CLIENTS if population % client_devices(mesh) == 0 else None
+  return shardings(store, mesh, (None, split) if replicas else (split,))
 
 
 def place(state: ServerState, store, mesh: Mesh | None, population: int,
           replicas: bool = False):
-  """(state, store) on the mesh: the server state on every device, the
-  per-client store split by ``store_sharding``."""
-  return (replicate(state, mesh),
-          jax.device_put(store, store_sharding(mesh, population, replicas)))
+  """(state, store) on the mesh: the server state on every client device,
+  split over the model axis by ``model_spec``, the per-client store by
+  ``store_sharding``."""
+  if mesh is None:
+    return jax.device_put((state, store))
+  return (jax.device_put(state, shardings(state, mesh,
+                                          (None,) if replicas else ())),
+          jax.device_put(store, store_sharding(store, mesh, population,
+                                               replicas)))
 
 
 class Round(NamedTuple):
@@ -209,7 +271,7 @@ def make_round(*, client: Client, aggregator: Aggregator,
   server_schedule = server_schedule or unscheduled
   attacked = attack is not None and (bool(byzantine_ids)
                                      or byzantine_fraction > 0)
-  num_devices = 1 if mesh is None else mesh.size
+  num_devices = client_devices(mesh)
   buffer = math.ceil(participation.cohort_size / num_devices) * num_devices
   sample = sample_cohort(participation, buffer)
   if redraw_share:
@@ -225,9 +287,12 @@ def make_round(*, client: Client, aggregator: Aggregator,
                                      CLIENTS, to='varying')
       return client.train(broadcast._replace(params=params, shared=shared),
                           inputs)
+    # Manual over the clients axis only: the model axis, if any, is left
+    # to jit's partitioner, which keeps each client's model split by
+    # model_spec.
     train_cohort = jax.shard_map(per_device, mesh=mesh,
                                  in_specs=(P(), P(CLIENTS)),
-                                 out_specs=P(CLIENTS))
+                                 out_specs=P(CLIENTS), axis_names={CLIENTS})
   algorithm = client.algorithm
 
   def byzantine_clients(state: ServerState, population: int):
@@ -322,7 +387,7 @@ def make_round(*, client: Client, aggregator: Aggregator,
     """The stored clients' new rows scattered back, kept split over the
     mesh as ``place`` put it, and the algorithm's server-side state."""
     store = _update_store(store, cohort.ids, stored, results.own, population)
-    sharding = store_sharding(mesh, population)
+    sharding = store_sharding(store, mesh, population)
     if sharding is not None:
       store = jax.lax.with_sharding_constraint(store, sharding)
     shared = _update_shared(algorithm, shared, stored, own_before, results,
@@ -369,6 +434,11 @@ def make_round(*, client: Client, aggregator: Aggregator,
                               opt_state=opt_state, agg_state=agg_state,
                               shared=shared,
                               participation=cohort.participation)
+    if mesh is not None and MODEL in mesh.axis_names:
+      # Kept split over the model axis as ``place`` put it, round after
+      # round (the next call's input shardings are this call's outputs).
+      new_state = jax.lax.with_sharding_constraint(new_state,
+                                                   shardings(new_state, mesh))
     return new_state, store, metrics
 
   population = len(participation.probabilities)
@@ -428,7 +498,8 @@ def _scores(apply_fn, score, params, x, y, batch_size, mesh=None):
   """``score(logits, labels)`` (tasks.Score) of every row of ``x``,
   computed in batches of ``batch_size``, each split over the mesh's
   devices when they divide it (else every device would compute it all)."""
-  split = (lambda a: a) if mesh is None or batch_size % mesh.size else (
+  split = (lambda a: a) if mesh is None or batch_size % client_devices(
+      mesh) else (
       lambda a: jax.lax.with_sharding_constraint(
           a, NamedSharding(mesh, P(CLIENTS))))
   total = x.shape[0]

@@ -45,7 +45,7 @@ from fedround.tasks import TASKS
 from fedround.messages import MESSAGES
 from fedround.rounds import (PARTICIPATION_STREAM, Round, make_evaluate,
                              make_evaluate_clients, make_mesh, make_round,
-                             make_rounds, place, replicate)
+                             make_rounds, mesh_shape, place, replicate)
 from fedround.server import (TRACED_HPARAMS, ServerState, assign,
                              init_server_state, optimizer_step)
 from fedround.workdir import Checkpoints, RunError, hold, restore_newest_good
@@ -177,9 +177,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def choose_lanes(config: ml_collections.ConfigDict, data) -> int:
   """``config.client.lanes`` when 0: ``lanes.choose_lanes`` for the
-  schedules of the federation's clients and each device's share of the
-  cohort (sampled uniformly in its simulation)."""
-  devices = jax.device_count() if config.shard else 1
+  schedules of the federation's clients and each client device's share of
+  the cohort (sampled uniformly in its simulation)."""
+  devices = mesh_shape(config.mesh.clients, config.mesh.model,
+                       jax.device_count())[0] if config.shard else 1
   clients = -(-config.clients_per_round // devices)
   schedule = dict(batch_size=config.client.batch_size,
                   local_steps=config.client.local_steps,
@@ -193,6 +194,8 @@ def choose_lanes(config: ml_collections.ConfigDict, data) -> int:
 def _parts(config: ml_collections.ConfigDict) -> _Parts:
   """Every part of a run that needs no device, built from a resolved
   config."""
+  if config.shard:
+    mesh_shape(config.mesh.clients, config.mesh.model, jax.device_count())
   data = load_data(config)
   participation = PARTICIPATION.build(
       config.participation, 'config.participation',
@@ -252,7 +255,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   ``Experiment.config`` is the config resolved (``resolve``)."""
   config = resolve(config)
   parts = _parts(config)
-  mesh = make_mesh() if config.shard else None
+  mesh = make_mesh(config.mesh.clients, config.mesh.model) if (
+      config.shard) else None
   round_ = make_round(client=parts.client, aggregator=parts.aggregator,
                       server_update=parts.server_update,
                       participation=parts.participation, mesh=mesh,
@@ -280,7 +284,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 # Fields a run may change when it resumes; any other change is a new run.
 RESUMABLE_CHANGES = ('rounds', 'eval_every', 'eval_train', 'checkpoint_every',
                      'keep_checkpoints', 'halt_after', 'loss_explosion',
-                     'shard', 'progress')
+                     'shard', 'mesh.clients', 'mesh.model', 'progress')
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:
@@ -646,6 +650,7 @@ def _train(experiment: Experiment, configs, workdirs,
             (round_ - start) / max(train_seconds, 1e-9), 2),
         'replicas': len(logs),
         'devices': 1 if experiment.mesh is None else experiment.mesh.size,
+        'mesh': {} if experiment.mesh is None else dict(experiment.mesh.shape),
         'data': experiment.data.describe(),
         **({} if feed is None else {
             'placement': 'host',
