@@ -1,6 +1,7 @@
 """Multi-controller runs: two processes of 4 emulated CPU devices each
 (localhost coordinator, gloo collectives) run scripts/train.py as one
-8-device experiment and train what one process with 8 devices trains;
+8-device experiment and train what one process with 8 devices trains (with
+a model mesh axis too);
 killed mid-run and restarted, they resume; a coordinator that is not there
 fails in one line within the wait."""
 from __future__ import annotations
@@ -29,8 +30,11 @@ TINY = {'data.num_clients': 8, 'model': 'logistic', 'clients_per_round': 4,
         'progress': False}
 RULES = {
     'fedavg': {},
-    'median_sign_flip': {'aggregator': 'median', 'attack.name': 'sign_flip',
-                         'attack.fraction': 0.25},
+    # On a clients=4 x model=2 mesh: each client's model split over two
+    # devices of one process, each process saving its own shards.
+    'median_sign_flip_model_axis': {
+        'aggregator': 'median', 'attack.name': 'sign_flip',
+        'attack.fraction': 0.25, 'mesh.clients': 4, 'mesh.model': 2},
 }
 SCAFFOLD = {'client.algorithm': 'scaffold'}  # the killed run's
 

@@ -666,7 +666,10 @@ def format_summary(summary: dict) -> str:
   acc = summary['final_test_accuracy']
   return '\n'.join([
       f'rounds {summary["resumed_from"]} -> {summary["rounds"]} on '
-      f'{summary["devices"]} device(s); data: {summary["data"]}',
+      f'{summary["devices"]} device(s)'
+      + (f' ({" x ".join(f"{k}={v}" for k, v in summary["mesh"].items())})'
+         if len(summary.get('mesh', {})) > 1 else '')
+      + f'; data: {summary["data"]}',
       f'final test accuracy {acc if acc is None else f"{acc:.4f}"}, best '
       f'{summary["best_test_accuracy"]}, final test loss '
       f'{summary["final_test_loss"]}',
