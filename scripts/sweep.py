@@ -22,7 +22,7 @@ import jax
 
 from fedround import sweep
 from fedround.cli import parse_flags, start_distributed
-from fedround.distributed import is_primary
+from fedround.distributed import is_primary, stop
 from fedround.registry import ConfigError
 from fedround.workdir import RunError, prepare
 
@@ -69,9 +69,9 @@ def main(argv):
     prepare(_WORKDIR.value)
     runs = sweep.plan(_CONFIG.value, grid, _WORKDIR.value)
   except ConfigError as e:
-    sys.exit(f'config error: {e}')
+    stop(f'config error: {e}')
   except RunError as e:
-    sys.exit(f'error: {e}')
+    stop(f'error: {e}')
   result = sweep.execute(runs, jobs=_JOBS.value, replicas=replicas,
                          progress=_CONFIG.value.progress and is_primary())
   if is_primary():

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from fedround import train
 from fedround.cli import parse_flags, start_distributed
-from fedround.distributed import is_primary
+from fedround.distributed import is_primary, stop
 from fedround.registry import ConfigError
 from fedround.workdir import RunError
 
@@ -33,9 +33,9 @@ def main(argv):
     start_distributed()
     result = train.run(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
-    sys.exit(f'config error: {e}')
+    stop(f'config error: {e}')
   except RunError as e:
-    sys.exit(f'error: {e}')
+    stop(f'error: {e}')
   if is_primary():
     print(train.format_summary(result.summary))
 

@@ -39,6 +39,10 @@ RULES = {
 SCAFFOLD = {'client.algorithm': 'scaffold'}  # the killed run's
 
 
+def _tail(stderr: str) -> str:
+  return stderr.strip().splitlines()[-1]
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -49,7 +53,10 @@ def _start(workdir, overrides: dict, num_processes=2, devices=4,
            timeout_s=60, process_ids=None):
   """Processes ``process_ids`` (default all) of a ``num_processes`` run of
   scripts/train.py, with ``devices`` emulated CPU devices each, joined at a
-  localhost coordinator."""
+  localhost coordinator; ``workdir`` is every process's, or a list of
+  each's."""
+  workdirs = workdir if isinstance(workdir, list) else [workdir] * (
+      num_processes)
   port = _free_port()
   flags = re.sub(r'--xla_force_host_platform_device_count=\S+', '',
                  os.environ['XLA_FLAGS'])
@@ -57,7 +64,7 @@ def _start(workdir, overrides: dict, num_processes=2, devices=4,
       f'{flags} --xla_force_host_platform_device_count={devices}'))
   return [subprocess.Popen(
       [sys.executable, 'scripts/train.py', '--config',
-       'experiments/fedavg_digits.py', '--workdir', str(workdir),
+       'experiments/fedavg_digits.py', '--workdir', str(workdirs[i]),
        *[f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()],
        f'--coordinator_address=localhost:{port}',
        f'--num_processes={num_processes}', f'--process_id={i}',
@@ -159,7 +166,23 @@ def test_an_absent_coordinator_fails_in_one_line_within_the_wait(tmp_path):
   [process] = _start(tmp_path / 'run', {}, timeout_s=3, process_ids=[1])
   _, err = process.communicate(timeout=120)
   assert process.returncode == 1
-  assert err.strip().splitlines()[-1].startswith(
-      'error: coordinator localhost:')
+  assert _tail(err).startswith('error: coordinator localhost:')
   assert 'could not be reached within 3 s' in err
   assert time.monotonic() - begin < 60
+
+
+def test_a_failing_process_stops_the_others(tmp_path):
+  """Process 1 cannot use its workdir (a file): it exits at once with its
+  one-line error, and process 0, left waiting for it, stops once its
+  heartbeats have been missing for --distributed_timeout."""
+  begin = time.monotonic()
+  (tmp_path / 'a_file').write_text('')
+  processes = _start([tmp_path / 'run', tmp_path / 'a_file'],
+                     {'rounds': 4}, timeout_s=10)
+  errors = [p.communicate(timeout=120)[1] for p in processes]
+  assert [p.returncode != 0 for p in processes] == [True, True]
+  assert _tail(errors[1]) == (f'error: workdir {tmp_path / "a_file"} is a '
+                              'file, not a directory; name a directory (it '
+                              'is created if missing)')
+  assert 'stopped sending heartbeats' in errors[0]
+  assert time.monotonic() - begin < 90

@@ -22,7 +22,7 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    '--num_processes - 1.')
 _TIMEOUT = flags.DEFINE_integer(
     'distributed_timeout', 60, 'Seconds to wait for every process of a '
-    'multi-process run to join.')
+    'multi-process run to join, and for a silent one before all stop.')
 
 
 def _config_path(argv) -> str | None:

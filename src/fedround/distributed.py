@@ -14,7 +14,9 @@ coordinating), and the workdir's lock and its moves are the primary's.
 """
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import time
 
 import jax
@@ -28,8 +30,9 @@ def initialize(coordinator_address: str | None = None,
   """Joins this process to a multi-controller run before JAX starts its
   backend. ``auto``: JAX's cluster detection (TPU pods, SLURM, ...);
   otherwise all three of ``coordinator_address``, ``num_processes`` and
-  ``process_id``. Waits at most ``timeout_s`` for every process; RunError
-  (one line) when the run cannot form."""
+  ``process_id``. Waits at most ``timeout_s`` for every process, and
+  stops the run when a process has been silent that long; RunError (one
+  line) when the run cannot form."""
   from fedround.workdir import RunError  # pylint: disable=import-outside-toplevel
   explicit = (coordinator_address, num_processes, process_id)
   given = [v is not None for v in explicit]
@@ -70,7 +73,12 @@ def initialize(coordinator_address: str | None = None,
     jax.distributed.initialize(
         coordinator_address, num_processes, process_id,
         initialization_timeout=max(1, int(timeout_s - (time.monotonic()
-                                                       - begin))))
+                                                       - begin))),
+        heartbeat_timeout_seconds=timeout_s)
+    # The backend now, while every process is here to exchange topologies
+    # (lazily, a process failing before its first array would leave the
+    # others waiting for it).
+    jax.devices()
   except Exception as e:  # pylint: disable=broad-except
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     where = ('the cluster JAX detected' if auto else
@@ -93,6 +101,16 @@ def _wait_for(host: str, port: int, timeout_s: float) -> str | None:
       if time.monotonic() >= deadline:
         return e.strerror or type(e).__name__
       time.sleep(0.2)
+
+
+def stop(message: str) -> None:
+  """Prints ``message`` and exits with status 1; in a multi-process run at
+  once, without the shutdown barrier the other processes would never
+  reach: they stop when this one's heartbeats do (``timeout_s``)."""
+  if not jax.distributed.is_initialized():
+    sys.exit(message)
+  print(message, file=sys.stderr, flush=True)
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def is_primary() -> bool:
