@@ -93,3 +93,21 @@ def test_a_mesh_that_is_not_the_device_count_fails_in_one_line(mesh,
     train.build(_config('scaffold', mesh))
   assert str(error.value).startswith(message)
   assert '\n' not in str(error.value)
+
+
+def test_a_checkpoint_of_one_mesh_resumes_on_another_shape(tmp_path):
+  """Saved on clients=4 x model=2, resumed on 2 x 4 (each leaf restored
+  with the new shardings): the run goes on as one trained on one device."""
+  config = _config('scaffold', (4, 2))
+  config.rounds = 2
+  train.run(config, str(tmp_path / 'moved'))
+  config = _config('scaffold', (2, 4))
+  resumed = train.run(config, str(tmp_path / 'moved'))
+  assert resumed.summary['resumed_from'] == 2
+  assert resumed.summary['mesh'] == {CLIENTS: 2, MODEL: 4}
+  kernel = resumed.state.params['params']['Dense_0']['kernel']
+  assert {s.data.shape for s in kernel.addressable_shards} == {(16, 10)}
+  one = train.run(_config('scaffold'), str(tmp_path / 'one'))
+  for got, want in zip(jax.tree.leaves((resumed.state, resumed.store)),
+                       jax.tree.leaves((one.state, one.store))):
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
