@@ -50,11 +50,11 @@ def _free_port() -> int:
 
 
 def _start(workdir, overrides: dict, num_processes=2, devices=4,
-           timeout_s=60, process_ids=None):
+           timeout_s=60, process_ids=None, script='train.py', extra=()):
   """Processes ``process_ids`` (default all) of a ``num_processes`` run of
   scripts/train.py, with ``devices`` emulated CPU devices each, joined at a
-  localhost coordinator; ``workdir`` is every process's, or a list of
-  each's."""
+  localhost coordinator (or of ``script`` with ``extra`` arguments);
+  ``workdir`` is every process's, or a list of each's."""
   workdirs = workdir if isinstance(workdir, list) else [workdir] * (
       num_processes)
   port = _free_port()
@@ -63,7 +63,7 @@ def _start(workdir, overrides: dict, num_processes=2, devices=4,
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
       f'{flags} --xla_force_host_platform_device_count={devices}'))
   return [subprocess.Popen(
-      [sys.executable, 'scripts/train.py', '--config',
+      [sys.executable, f'scripts/{script}', *extra, '--config',
        'experiments/fedavg_digits.py', '--workdir', str(workdirs[i]),
        *[f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()],
        f'--coordinator_address=localhost:{port}',
@@ -186,3 +186,15 @@ def test_a_failing_process_stops_the_others(tmp_path):
                               'is created if missing)')
   assert 'stopped sending heartbeats' in errors[0]
   assert time.monotonic() - begin < 90
+
+
+def test_a_sweep_runs_over_two_processes(tmp_path):
+  """scripts/sweep.py's runs, each trained by both processes in turn; only
+  process 0 reports."""
+  outputs = _finish(_start(tmp_path / 'sweep', {'rounds': 2},
+                           script='sweep.py', extra=('--sweep', 'seed=[0, 1]')))
+  assert '2 runs: 2 finished, 0 already done, 0 failed' in outputs[0][0]
+  assert 'runs:' not in outputs[1][0]
+  for seed in (0, 1):
+    with open(tmp_path / 'sweep' / f'seed={seed}' / 'summary.json') as f:
+      assert '"rounds": 2' in f.read()
