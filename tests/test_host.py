@@ -108,3 +108,13 @@ def test_host_placement_mistakes_fail_before_training(tmp_path):
   with pytest.raises(ConfigError, match='replicas share one federation'):
     train.run_replicas([_config('host'), _config('host')],
                        [str(tmp_path / 'a'), str(tmp_path / 'b')])
+
+
+def test_host_placement_in_a_multi_process_run_fails_before_training(
+    monkeypatch):
+  """(Two real processes reach this check the same way: build runs it on
+  each before any training.)"""
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  with pytest.raises(ConfigError, match="placement='host' runs in one "
+                     'process'):
+    train.check(_config('host'))

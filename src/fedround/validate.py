@@ -85,6 +85,10 @@ def fields(config: ml_collections.ConfigDict) -> None:
   if placement == 'host' and config.eval_train:
     raise ConfigError("config.eval_train reads every client's examples on "
                       "the device; it needs config.data.placement='device'")
+  if placement == 'host' and jax.process_count() > 1:
+    raise ConfigError("config.data.placement='host' runs in one process; a "
+                      'multi-process run holds the federation on its '
+                      "devices: use config.data.placement='device'")
   fraction, ids = config.attack.fraction, config.attack.ids
   if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or (
       not 0 <= fraction < 1):
