@@ -43,6 +43,7 @@ Where fedround differs from the paper, beside the numbers above:
 import os
 
 from fedround.config import base_config, parse_variant
+from fedround.config import data as config_data
 
 OPTIMIZERS = ('fedavg', 'fedavgm', 'fedadagrad', 'fedadam', 'fedyogi')
 
@@ -104,7 +105,7 @@ def get_config(arg=None):
   client_rates, server_rates, taus = RATES[variant.task]
   which = OPTIMIZERS.index(variant.optimizer)
   config = base_config()
-  config.data = data
+  config.data = config_data(**data)
   config.model, config.task = model, task
   config.clients_per_round, config.rounds = cohort, rounds
   config.client.update(optimizer='sgd', batch_size=batch, local_epochs=1,

@@ -20,7 +20,7 @@ One rule's 19 scenarios, e.g. to add a rule to a finished grid:
   python scripts/sweep.py --config experiments/byzantine.py:rule=flag_rescaled \
       --workdir runs/byzantine --jobs 2
 """
-from fedround.config import base_config, parse_variant
+from fedround.config import base_config, data, parse_variant
 from fedround.sweep import chain, product, sweep
 
 F = 4  # Byzantine clients each rule is told to tolerate (cohort of 20)
@@ -55,7 +55,7 @@ def get_config(arg=None):
     raise ValueError(f'rule={variant.rule!r}: valid rules: '
                      f'{", ".join(RULES)}')
   config = base_config()
-  config.data = dict(name='digits', num_clients=50, alpha=0.5, seed=0)
+  config.data = data('digits', num_clients=50, alpha=0.5, seed=0)
   config.model = 'cnn'
   config.rounds = 100
   config.clients_per_round = 20

@@ -19,7 +19,7 @@ and of the global training objective (1/N) sum_i F_i(w) over all N clients:
       --curve global_train_loss --curve aggregator.mean_weight \
       --out runs/fedau/report
 """
-from fedround.config import base_config, parse_variant
+from fedround.config import base_config, data, parse_variant
 from fedround.sweep import product, sweep
 
 RULES = {
@@ -37,7 +37,7 @@ def get_config(arg=None):
     raise ValueError(f'rule={variant.rule!r}: valid rules: '
                      f'{", ".join(RULES)}')
   config = base_config()
-  config.data = dict(name='digits', num_clients=50, alpha=0.1, seed=0)
+  config.data = data('digits', num_clients=50, alpha=0.1, seed=0)
   config.model = 'cnn'
   config.participation = variant.participation
   config.clients_per_round = 16  # the buffer: cyclic needs 16 (mean + 4 sd)

@@ -4,13 +4,13 @@
       --workdir runs/fedavg_digits
   # variants: --config experiments/fedavg_digits.py:alpha=0.05,model=mlp
 """
-from fedround.config import base_config, parse_variant
+from fedround.config import base_config, data, parse_variant
 
 
 def get_config(arg=None):
   variant = parse_variant(arg, alpha=0.5, model='cnn')
   config = base_config()
-  config.data = dict(name='digits', num_clients=50, alpha=variant.alpha,
+  config.data = data('digits', num_clients=50, alpha=variant.alpha,
                      seed=0)
   config.model = variant.model
   config.rounds = 100

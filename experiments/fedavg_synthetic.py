@@ -15,14 +15,14 @@ seeds as vmapped replicas, then a report with heterogeneity as the task:
       --workdir runs/sweep_synthetic --replicas seeds
   python scripts/report.py runs/sweep_synthetic --task data.alpha
 """
-from fedround.config import base_config, parse_variant
+from fedround.config import base_config, data, parse_variant
 from fedround.sweep import product, sweep
 
 
 def get_config(arg=None):
   variant = parse_variant(arg, alpha=0.5, beta=0.5, iid=False)
   config = base_config()
-  config.data = dict(name='synthetic', num_clients=30, alpha=variant.alpha,
+  config.data = data('synthetic', num_clients=30, alpha=variant.alpha,
                      beta=variant.beta, iid=variant.iid, seed=0)
   config.model = 'logistic'
   config.rounds = 200

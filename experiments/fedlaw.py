@@ -15,7 +15,7 @@ as under the paper's batch norm.
   python scripts/report.py runs/fedlaw --task data.alpha --task model \
       --curve aggregator.gamma --out runs/fedlaw/report
 """
-from fedround.config import base_config, parse_variant
+from fedround.config import base_config, data, parse_variant
 from fedround.sweep import product, sweep
 
 FEDLAW = 'fedlaw(learning_rate=0.005)'  # the official lr off CIFAR-10
@@ -24,7 +24,7 @@ FEDLAW = 'fedlaw(learning_rate=0.005)'  # the official lr off CIFAR-10
 def get_config(arg=None):
   variant = parse_variant(arg, rule='fedlaw', alpha=0.1, norm='none')
   config = base_config()
-  config.data = dict(name='digits', num_clients=20, alpha=variant.alpha,
+  config.data = data('digits', num_clients=20, alpha=variant.alpha,
                      seed=0, proxy_fraction=0.05)
   config.model = f'cnn(norm={variant.norm!r})'
   config.rounds = 100

@@ -10,14 +10,14 @@ local steps on label-skewed clients).
   python scripts/report.py runs/fisher --task client.local_steps \
       --out runs/fisher/report
 """
-from fedround.config import base_config, parse_variant
+from fedround.config import base_config, data, parse_variant
 from fedround.sweep import product, sweep
 
 
 def get_config(arg=None):
   variant = parse_variant(arg, rule='fisher_merging', local_steps=50)
   config = base_config()
-  config.data = dict(name='digits', num_clients=50, alpha=0.1, seed=0)
+  config.data = data('digits', num_clients=50, alpha=0.1, seed=0)
   config.model = 'cnn'
   config.rounds = 60
   config.clients_per_round = 10

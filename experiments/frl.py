@@ -45,7 +45,7 @@ vmapped replicas), then its table, heatmap and curves:
       --heatmap aggregator attack.fraction --curve uplink_bits \
       --out docs/frl
 """
-from fedround.config import base_config, parse_variant
+from fedround.config import base_config, data, parse_variant
 from fedround.sweep import apply_overrides
 
 # Each method: the config fields it sets, aggregator first (run names).
@@ -81,7 +81,7 @@ def get_config(arg=None):
     raise ValueError(f'method={variant.method!r}: valid methods: '
                      f'{", ".join(METHODS)}')
   config = base_config()
-  config.data = dict(name='digits', num_clients=50, alpha=1.0, seed=0)
+  config.data = data('digits', num_clients=50, alpha=1.0, seed=0)
   config.rounds = 100
   config.clients_per_round = 20
   config.client.batch_size = 8

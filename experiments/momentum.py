@@ -24,7 +24,7 @@ accuracy) and accuracy curves, one panel per heterogeneity level:
   python scripts/report.py runs/momentum_synthetic --task data.alpha \
       --target 0.85 --out docs/momentum/synthetic
 """
-from fedround.config import base_config, parse_variant
+from fedround.config import base_config, data, parse_variant
 from fedround.sweep import product, sweep
 
 # Each method: the config fields it sets; config.aggregator stays empty, so
@@ -69,13 +69,13 @@ def get_config(arg=None):
                      f'methods: {", ".join(methods)}')
   config = base_config()
   if variant.data == 'digits':
-    config.data = dict(name='digits', num_clients=50, alpha=variant.alpha,
+    config.data = data('digits', num_clients=50, alpha=variant.alpha,
                        seed=0)
     config.model = 'cnn'
     config.rounds = 100
     config.client.learning_rate = 0.05
   else:
-    config.data = dict(name='synthetic', num_clients=30, alpha=variant.alpha,
+    config.data = data('synthetic', num_clients=30, alpha=variant.alpha,
                        beta=variant.alpha, seed=0)
     config.model = 'logistic'
     config.rounds = 200

@@ -11,13 +11,13 @@ proxy set. (With 5%, 20 examples, the greedy soup overfits the proxy.)
       --every 10 --seeds 0,1,2
   # variants: --config experiments/soups.py:alpha=0.5,local_steps=10
 """
-from fedround.config import base_config, parse_variant
+from fedround.config import base_config, data, parse_variant
 
 
 def get_config(arg=None):
   variant = parse_variant(arg, alpha=0.1, local_steps=50)
   config = base_config()
-  config.data = dict(name='digits', num_clients=50, alpha=variant.alpha,
+  config.data = data('digits', num_clients=50, alpha=variant.alpha,
                      seed=0, proxy_fraction=0.2)
   config.model = 'cnn'
   config.rounds = 100

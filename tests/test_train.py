@@ -119,12 +119,15 @@ def test_cli_variant_and_overrides(tmp_path):
   out = _cli('--config', 'experiments/fedavg_synthetic.py:alpha=1,beta=1',
              '--workdir', str(tmp_path), '--config.rounds=3',
              '--config.eval_every=3', '--config.client.local_epochs=1',
-             '--config.progress=False')
+             '--config.data.placement=host', '--config.progress=False')
   assert out.returncode == 0, out.stderr
   assert 'final test accuracy' in out.stdout
   saved = json.loads((tmp_path / 'config.json').read_text())
   assert saved['rounds'] == 3
   assert saved['data']['alpha'] == 1.0 and saved['data']['beta'] == 1.0
+  # fedround's own data options are fields of every experiment's data.
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert saved['data']['placement'] == summary['placement'] == 'host'
 
 
 def test_cli_rejects_unknown_field(tmp_path):

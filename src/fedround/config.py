@@ -22,6 +22,16 @@ DATA_SPLITS = ('proxy_fraction', 'validation_fraction')
 # ahead, fedround.data.host). Also a config.data key that is fedround's.
 PLACEMENTS = ('device', 'host')
 DATA_OPTIONS = DATA_SPLITS + ('placement',)
+DATA_DEFAULTS = {'proxy_fraction': 0.0, 'validation_fraction': 0.0,
+                 'placement': 'device'}
+
+
+def data(name: str, **kwargs) -> ml_collections.ConfigDict:
+  """``config.data`` for the data set ``name`` (a DATASETS entry) and its
+  keyword arguments, with fedround's own options at their defaults
+  (DATA_DEFAULTS), so that a command line can set them
+  (``--config.data.placement=host``)."""
+  return ml_collections.ConfigDict({'name': name, **DATA_DEFAULTS, **kwargs})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -31,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.clients_per_round = 10
   # Data set: a registry name plus that data set's keyword arguments, and
   # optionally the splits fedround takes out of it (DATA_SPLITS).
-  c.data = ml_collections.ConfigDict({'name': 'synthetic'})
+  c.data = data('synthetic')
   c.model = 'logistic'
   # What the model predicts (fedround.tasks.TASKS): classification, or
   # next_token(pad, bos, eos, oov) over sequences; it picks the loss and the
