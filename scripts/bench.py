@@ -34,6 +34,7 @@ import numpy as np
 
 from fedround import baselines, train
 from fedround.rounds import make_rounds
+from fedround.sweep import set_field
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            os.pardir, 'experiments')
@@ -85,11 +86,7 @@ def configure(workload):
   config = runpy.run_path(os.path.join(EXPERIMENTS,
                                        workload.experiment))['get_config']()
   for field, value in workload.overrides.items():
-    *parents, leaf = field.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+    set_field(config, field, value)
   config.shard = False
   config.progress = False
   return config

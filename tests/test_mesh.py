@@ -12,6 +12,7 @@ from conftest import tiny_digits
 from fedround import train
 from fedround.registry import ConfigError
 from fedround.rounds import CLIENTS, MODEL, model_spec
+from fedround.sweep import set_field
 
 # SCAFFOLD keeps a control variate per client (a store the size of the
 # model); Krum reads the Gram matrix of the stack, a sum over model shards.
@@ -25,12 +26,8 @@ CASES = {
 def _config(case: str, mesh=None):
   config = tiny_digits(rounds=4)
   config.clients_per_round = 5  # not divisible by the clients axis: padded
-  for key, value in CASES[case].items():
-    *parents, name = key.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[name] = value
+  for field, value in CASES[case].items():
+    set_field(config, field, value)
   config.shard = mesh is not None
   if mesh:
     config.mesh.clients, config.mesh.model = mesh

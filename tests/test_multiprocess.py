@@ -19,6 +19,7 @@ import numpy as np
 
 import fedavg_digits
 from fedround import train
+from fedround.sweep import set_field
 from fedround.workdir import Checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,12 +81,8 @@ def _finish(processes, timeout=300):
 
 def _config(overrides: dict):
   config = fedavg_digits.get_config()
-  for key, value in {**TINY, **overrides}.items():
-    *parents, name = key.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[name] = value
+  for field, value in {**TINY, **overrides}.items():
+    set_field(config, field, value)
   return config
 
 

@@ -14,6 +14,7 @@ from fedround.aggregators import AGGREGATORS
 from fedround.models import MODELS
 from fedround.registry import ConfigError
 from fedround.rounds import make_rounds
+from fedround.sweep import set_field
 
 # The weighted family and model merging, from the registry: every rule of
 # these modules, at the spec and with the config it needs besides the tiny
@@ -40,11 +41,7 @@ def _tiny(aggregator='weighted_mean', **overrides):
   config.client.local_steps = 2
   config.aggregator = aggregator
   for field, value in overrides.items():
-    node = config
-    *parents, leaf = field.split('.')
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
+    set_field(config, field, value)
   return config
 
 

@@ -498,10 +498,11 @@ def _scores(apply_fn, score, params, x, y, batch_size, mesh=None):
   """``score(logits, labels)`` (tasks.Score) of every row of ``x``,
   computed in batches of ``batch_size``, each split over the mesh's
   devices when they divide it (else every device would compute it all)."""
-  split = (lambda a: a) if mesh is None or batch_size % client_devices(
-      mesh) else (
-      lambda a: jax.lax.with_sharding_constraint(
-          a, NamedSharding(mesh, P(CLIENTS))))
+  if mesh is None or batch_size % client_devices(mesh):
+    split = lambda a: a
+  else:
+    split = lambda a: jax.lax.with_sharding_constraint(
+        a, NamedSharding(mesh, P(CLIENTS)))
   total = x.shape[0]
   pad = -total % batch_size
   extend = lambda a: jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:],
