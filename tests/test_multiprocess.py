@@ -16,11 +16,12 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 import fedavg_digits
-from fedround import train
+from fedround import distributed, train
 from fedround.sweep import set_field
-from fedround.workdir import Checkpoints
+from fedround.workdir import Checkpoints, RunError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,3 +193,23 @@ def test_a_sweep_over_two_processes_trains_what_one_process_trains(
   config = _config({'rounds': 2, 'seed': 1})
   _assert_same(_saved(tmp_path / 'sweep' / 'seed=1', config, 2),
                train.run(config, str(tmp_path / 'one')))
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (dict(coordinator_address='localhost:1234'),
+     'a multi-process run needs all of --coordinator_address'),
+    (dict(coordinator_address='localhost:1234', num_processes=2,
+          process_id=2), '--process_id must be in [0, --num_processes=2), '
+                         'got 2'),
+    (dict(coordinator_address='localhost', num_processes=2, process_id=1),
+     "--coordinator_address must be host:port, got 'localhost'"),
+    (dict(coordinator_address='localhost:1234', num_processes=2,
+          process_id=0, auto=True), '--distributed detects the cluster'),
+])
+def test_bad_distributed_flags_fail_in_one_line_before_joining(arguments,
+                                                               message):
+  with pytest.raises(RunError) as error:
+    distributed.initialize(**arguments)
+  assert str(error.value).startswith(message)
+  assert '\n' not in str(error.value)
+  assert not jax.distributed.is_initialized()
